@@ -1,0 +1,3 @@
+"""lingvla: LingBot-VLA policies - train, serve and evaluate."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""The batch contract between data code and the model.
+
+Data code produces these keys (torch tensors, batch first); the model consumes them and knows
+nothing else about where they came from. Sizes: B batch, C cameras, T chunk length, D unified
+action/state width (config.action_dim), H = W = config.image_size.
+
+    images          uint8  [B, C, 3, H, W]  current frame per camera, already resized with padding
+    image_mask      bool   [B, C]           False where a camera is missing (its tokens are masked)
+    prompt          list[str] of length B   task text; the model's tokenizer turns it into tokens
+    state           float  [B, D]           normalized, zero-padded to D
+    actions         float  [B, T, D]        normalized, zero-padded to D (training only)
+    action_dim_mask bool   [B, D]           True on the robot's real dims
+    action_is_pad   bool   [B, T]           True for chunk steps past the episode end (training only)
+
+Optional: `embodiment` list[str] (for bookkeeping/normalization), `depth_tokens` float
+[B, C, N, Dt] (precomputed depth-teacher targets).
+"""
+
+from __future__ import annotations
+
+import torch
+
+REQUIRED_INFER_KEYS = ("images", "image_mask", "prompt", "state", "action_dim_mask")
+REQUIRED_TRAIN_KEYS = REQUIRED_INFER_KEYS + ("actions", "action_is_pad")
+
+
+def check_batch(batch: dict, *, num_cameras: int, image_size: int, action_dim: int,
+                chunk_size: int | None = None, train: bool = True) -> int:
+    """Validate a batch against the contract; raise ValueError naming the field. Returns B."""
+    keys = REQUIRED_TRAIN_KEYS if train else REQUIRED_INFER_KEYS
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing required key(s) {missing}")
+    images = batch["images"]
+    if images.dtype != torch.uint8 or images.ndim != 5:
+        raise ValueError(f"images must be uint8 [B, C, 3, H, W]; got {images.dtype} {tuple(images.shape)}")
+    b, c, ch, h, w = images.shape
+    if c != num_cameras:
+        raise ValueError(f"images has {c} cameras; the model expects num_cameras={num_cameras}")
+    if ch != 3 or h != image_size or w != image_size:
+        raise ValueError(f"images must be [B, {num_cameras}, 3, {image_size}, {image_size}]; "
+                         f"got {tuple(images.shape)} (image_size={image_size})")
+    if tuple(batch["image_mask"].shape) != (b, c):
+        raise ValueError(f"image_mask must be [B, C] = {(b, c)}; got {tuple(batch['image_mask'].shape)}")
+    if len(batch["prompt"]) != b:
+        raise ValueError(f"prompt has {len(batch['prompt'])} entries; batch size is {b}")
+    state = batch["state"]
+    if state.ndim != 2 or state.shape[0] != b:
+        raise ValueError(f"state must be [B, D]; got {tuple(state.shape)}")
+    if state.shape[1] > action_dim:
+        raise ValueError(f"state has width {state.shape[1]}, wider than the unified width action_dim={action_dim}")
+    if state.shape[1] != action_dim:
+        raise ValueError(f"state must be zero-padded to action_dim={action_dim}; got width {state.shape[1]}")
+    if tuple(batch["action_dim_mask"].shape) != (b, action_dim):
+        raise ValueError(f"action_dim_mask must be [B, {action_dim}]; got {tuple(batch['action_dim_mask'].shape)}")
+    if not torch.isfinite(state).all():
+        raise ValueError("state contains NaN or inf")
+    if train:
+        actions = batch["actions"]
+        t = chunk_size if chunk_size is not None else actions.shape[1]
+        if tuple(actions.shape) != (b, t, action_dim):
+            raise ValueError(f"actions must be [B, {t}, {action_dim}]; got {tuple(actions.shape)}")
+        if tuple(batch["action_is_pad"].shape) != (b, t):
+            raise ValueError(f"action_is_pad must be [B, {t}]; got {tuple(batch['action_is_pad'].shape)}")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+    return b
