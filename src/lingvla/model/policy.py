@@ -1,0 +1,319 @@
+"""LingVLA: the policy network. `compute_loss(batch)` for training, `sample_actions(batch)` for
+inference with the prefix's per-layer K/V computed once and reused by every denoising step.
+
+Sequence: prefix = [camera tokens (C x tokens_per_image), prompt tokens]; suffix = [state token,
+chunk_size action tokens]. Works in the normalized, padded action space of the batch contract
+(lingvla/batch.py); normalization lives with the data code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lingvla.batch import check_batch
+from lingvla.config import ModelConfig
+from lingvla.model import flow
+from lingvla.model.attention import ACTION_BLOCK, PREFIX_BLOCK, STATE_BLOCK, build_mask
+from lingvla.model.backbone import ImageEncoder, VLMParts, build_vlm, config_from_pretrained, load_vlm
+from lingvla.model.expert import ExpertLayer, RMSNorm, time_embedding
+from lingvla.model.mot import MoTLayer, rope_cos_sin
+from lingvla.model.tokenizer import PromptTokenizer, load_tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextlib.contextmanager
+def empty_parameters():
+    """Create parameters on the meta device (no memory, no init) while buffers stay real.
+
+    Loading a checkpoint then assigns real tensors; non-persistent buffers (RoPE tables, pixel
+    mean/std) keep the values their modules computed at construction.
+    """
+    original = nn.Module.register_parameter
+
+    def register_parameter(module, name, param):
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+class LingVLA(nn.Module):
+    def __init__(self, config: ModelConfig, vlm: VLMParts | None = None, tokenizer=None):
+        super().__init__()
+        self.config = config
+        if vlm is None:
+            vlm = build_vlm(config)
+        llm, hidden = config.llm, config.expert.hidden_size
+        self.vision = ImageEncoder(vlm.visual, config.vision, config.image_size)
+        self.embed_tokens = vlm.embed_tokens
+        self.layers = nn.ModuleList(
+            MoTLayer(vlm.layers[i], ExpertLayer(config), llm.num_heads, llm.num_kv_heads, llm.head_dim)
+            for i in range(llm.num_layers))
+        self.vlm_norm = vlm.norm
+        self.expert_norm = RMSNorm(hidden, llm.rms_norm_eps)
+        d = config.action_dim
+        self.state_proj = nn.Linear(d, hidden)
+        self.action_in_proj = nn.Linear(d, hidden)
+        self.action_out_proj = nn.Linear(hidden, d)
+        self.action_time_mlp_in = nn.Linear(2 * hidden, hidden)
+        self.action_time_mlp_out = nn.Linear(hidden, hidden)
+        self._init_own_weights()
+        if tokenizer is None:
+            tokenizer = load_tokenizer(config.tokenizer or config.vlm_path)
+        self.prompt_tokenizer = PromptTokenizer(tokenizer, config.max_token_len, llm.vocab_size)
+
+    def _init_own_weights(self) -> None:
+        """The expert and the action/state heads (the VLM parts come initialised or pretrained)."""
+        if any(p.is_meta for p in self.state_proj.parameters()):
+            return
+        for module in [*(layer.expert for layer in self.layers), self.state_proj, self.action_in_proj,
+                       self.action_out_proj, self.action_time_mlp_in, self.action_time_mlp_out]:
+            for sub in module.modules():
+                if isinstance(sub, nn.Linear):
+                    nn.init.normal_(sub.weight, std=self.config.initializer_range)
+                    if sub.bias is not None:
+                        nn.init.zeros_(sub.bias)
+        for layer in self.layers:
+            layer.expert.input_layernorm.reset_parameters()
+            layer.expert.post_attention_layernorm.reset_parameters()
+
+    # ----------------------------------------------------------------------------------- inputs
+    @property
+    def device(self) -> torch.device:
+        return self.state_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.state_proj.weight.dtype
+
+    def prepare(self, batch: dict, train: bool) -> dict:
+        """Validate a batch-contract dict, tokenize prompts, move everything to the model."""
+        c = self.config
+        check_batch(batch, num_cameras=c.num_cameras, image_size=c.image_size,
+                    action_dim=c.action_dim, chunk_size=c.chunk_size if train else None, train=train)
+        tokens, token_mask = self.prompt_tokenizer(list(batch["prompt"]))
+        out = {"tokens": tokens, "token_mask": token_mask}
+        for key in ("images", "image_mask", "state", "actions", "action_dim_mask", "action_is_pad"):
+            if key in batch:
+                out[key] = batch[key]
+        out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+        for key in ("state", "actions"):
+            if key in out:
+                out[key] = out[key].to(self.dtype)
+        for key in ("image_mask", "token_mask", "action_dim_mask", "action_is_pad"):
+            if key in out:
+                out[key] = out[key].bool()
+        return out
+
+    def embed_prefix(self, images: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor,
+                     token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> prefix [B, C*n + Lt, Hv], prefix_valid bool [B, C*n + Lt]."""
+        image_tokens = self.vision(images)
+        image_valid = image_mask.repeat_interleave(self.config.tokens_per_image, dim=1)
+        text = self.embed_tokens(tokens)
+        prefix = torch.cat([image_tokens.to(text.dtype), text], dim=1)
+        return prefix, torch.cat([image_valid, token_mask], dim=1)
+
+    def embed_suffix(self, state: torch.Tensor, noisy_actions: torch.Tensor, t: torch.Tensor,
+                     dim_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """state [B, D], noisy_actions [B, T, D], t [B], dim_mask bool [B, D]
+        -> suffix [B, 1+T, He], cond [B, He].
+
+        Padded dims are zeroed on the way in, so whatever a dataset or the noise puts there cannot
+        influence the robot's real dims (in training or at inference).
+        """
+        c = self.config
+        cond = time_embedding(t, c.expert.hidden_size, c.time_min_period, c.time_max_period)
+        cond = cond.to(self.dtype)
+        keep = dim_mask.to(self.dtype)
+        state_token = self.state_proj(state * keep)[:, None]
+        actions = self.action_in_proj(noisy_actions * keep[:, None, :])
+        time_tokens = cond[:, None].expand(-1, actions.shape[1], -1)
+        fused = self.action_time_mlp_in(torch.cat([actions, time_tokens], dim=-1))
+        actions = self.action_time_mlp_out(F.silu(fused))
+        return torch.cat([state_token, actions], dim=1), cond
+
+    def _suffix_blocks(self, batch: int, length: int) -> torch.Tensor:
+        blocks = torch.full((batch, length), ACTION_BLOCK, dtype=torch.long, device=self.device)
+        blocks[:, 0] = STATE_BLOCK
+        return blocks
+
+    def _rope(self, positions: torch.Tensor):
+        return rope_cos_sin(positions, self.config.llm.head_dim, self.config.rope_theta, self.dtype)
+
+    # ------------------------------------------------------------------------------- forwards
+    def forward_joint(self, prefix: torch.Tensor, prefix_valid: torch.Tensor, suffix: torch.Tensor,
+                      cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over [prefix | suffix] with the blockwise mask -> final hidden states of both
+        streams (VLM stream before its final norm; expert stream after its final norm)."""
+        b, lp = prefix_valid.shape
+        suffix_blocks = self._suffix_blocks(b, suffix.shape[1])
+        blocks = torch.cat([torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long),
+                            suffix_blocks], dim=1)
+        valid = torch.cat([prefix_valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        mask = build_mask(blocks, blocks, valid, self.config.attn_backend)
+        cos, sin = self._rope(positions)
+        for layer in self.layers:
+            prefix, suffix, _ = layer(prefix, suffix, cond, cos, sin, mask)
+        return prefix, self.expert_norm(suffix)
+
+    def fill_prefix_cache(self, prefix: torch.Tensor, prefix_valid: torch.Tensor) -> PrefixCache:
+        """Run the VLM stream alone over the prefix; return each layer's post-RoPE K/V."""
+        blocks = torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long)
+        positions = (prefix_valid.long().cumsum(1) - 1).clamp(min=0)
+        mask = build_mask(blocks, blocks, prefix_valid, self.config.attn_backend)
+        cos, sin = self._rope(positions)
+        cache: PrefixCache = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            # The last layer's prefix output is never read: only its K/V are needed.
+            out, _, kv = layer(prefix, None, None, cos, sin, mask)
+            cache.append(kv)
+            if i < last:
+                prefix = out
+        return cache
+
+    def forward_suffix(self, cache: PrefixCache, prefix_valid: torch.Tensor, suffix: torch.Tensor,
+                       cond: torch.Tensor) -> torch.Tensor:
+        """The expert stream alone against the cached prefix -> final-normed suffix states."""
+        b, length = suffix.shape[:2]
+        suffix_blocks = self._suffix_blocks(b, length)
+        blocks_k = torch.cat([torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long),
+                              suffix_blocks], dim=1)
+        valid_k = torch.cat([prefix_valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
+        start = prefix_valid.long().sum(1, keepdim=True)
+        positions = start + torch.arange(length, device=self.device)[None]
+        mask = build_mask(suffix_blocks, blocks_k, valid_k, self.config.attn_backend)
+        cos, sin = self._rope(positions)
+        for layer, kv in zip(self.layers, cache):
+            _, suffix, _ = layer(None, suffix, cond, cos, sin, mask, prefix_kv=kv)
+        return self.expert_norm(suffix)
+
+    def velocity_from_suffix(self, suffix_out: torch.Tensor) -> torch.Tensor:
+        return self.action_out_proj(suffix_out[:, 1:])
+
+    # ----------------------------------------------------------------------------- training
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
+                     t: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Flow-matching loss averaged over the robot's real dims and real (non-pad) steps."""
+        inputs = self.prepare(batch, train=True)
+        actions = inputs["actions"]
+        b = actions.shape[0]
+        if noise is None:
+            noise = torch.randn(actions.shape, generator=generator, device=self.device, dtype=self.dtype)
+        if t is None:
+            c = self.config
+            t = flow.sample_time(b, c.time_sampling, generator, c.time_beta_alpha, c.time_beta_beta,
+                                 device=self.device)
+        x_t = flow.interpolate(actions, noise, t)
+        target = flow.target_velocity(actions, noise)
+        prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
+                                                 inputs["tokens"], inputs["token_mask"])
+        suffix, cond = self.embed_suffix(inputs["state"], x_t, t, inputs["action_dim_mask"])
+        _, suffix_out = self.forward_joint(prefix, prefix_valid, suffix, cond)
+        pred = self.velocity_from_suffix(suffix_out)
+        loss = flow.masked_loss(pred, target, inputs["action_dim_mask"], inputs["action_is_pad"],
+                                self.config.loss)
+        return loss, {"loss": loss.detach(), "t_mean": t.float().mean().detach()}
+
+    # ---------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def sample_actions(self, batch: dict, noise: torch.Tensor | None = None,
+                       num_steps: int | None = None, use_cache: bool = True,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoise a chunk -> actions [B, chunk_size, action_dim] (normalized, padded space).
+
+        use_cache=True runs the prefix once and each Euler step only runs the expert over the
+        suffix tokens against the cached K/V; False reruns the whole joint model every step
+        (the reference the cache is tested against).
+        """
+        inputs = self.prepare(batch, train=False)
+        c = self.config
+        b = inputs["state"].shape[0]
+        if noise is None:
+            noise = torch.randn((b, c.chunk_size, c.action_dim), generator=generator,
+                                device=self.device, dtype=self.dtype)
+        noise = noise.to(self.device, self.dtype)
+        prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
+                                                 inputs["tokens"], inputs["token_mask"])
+        state, dim_mask = inputs["state"], inputs["action_dim_mask"]
+        if use_cache:
+            cache = self.fill_prefix_cache(prefix, prefix_valid)
+
+            def velocity(x, t):
+                suffix, cond = self.embed_suffix(state, x, t, dim_mask)
+                return self.velocity_from_suffix(self.forward_suffix(cache, prefix_valid, suffix, cond))
+        else:
+            def velocity(x, t):
+                suffix, cond = self.embed_suffix(state, x, t, dim_mask)
+                return self.velocity_from_suffix(self.forward_joint(prefix, prefix_valid, suffix, cond)[1])
+
+        return flow.euler_sample(velocity, noise, num_steps or c.num_steps)
+
+    # ---------------------------------------------------------------------------- save/load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors, config.yaml and the tokenizer to `directory`."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt", "lingvla": "1"})
+        tmp.replace(directory / WEIGHTS_NAME)
+        self.config.save_yaml(directory / CONFIG_NAME)
+        self.prompt_tokenizer.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "LingVLA":
+        """Load a directory written by save_pretrained (or the inference export of training)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} is not a lingvla checkpoint: {name} is missing")
+        config = ModelConfig.load_yaml(directory / CONFIG_NAME)
+        tok_dir = directory / TOKENIZER_DIR
+        tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else (config.tokenizer or config.vlm_path))
+        with empty_parameters():
+            model = cls(config, tokenizer=tokenizer)
+        state = load_file(str(directory / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {directory / WEIGHTS_NAME} does not match its config: "
+                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        model = model.to(device)
+        if dtype is not None:
+            model = model.to(dtype)
+        return model.eval()
+
+
+def build_model(config: ModelConfig, dtype: torch.dtype = torch.float32) -> LingVLA:
+    """A policy from config: the VLM from `config.vlm_path` when set (a local directory), else
+    random. The config's vision/llm sizes are taken from the pretrained checkpoint when loading."""
+    if config.vlm_path:
+        config = config_from_pretrained(config.vlm_path, config)
+        model = LingVLA(config, vlm=load_vlm(config.vlm_path, dtype))
+        return model.to(dtype)
+    return LingVLA(config).to(dtype)
