@@ -80,10 +80,17 @@ def build_vlm(config: ModelConfig) -> VLMParts:
     return parts
 
 
+def _require_local_dir(path: str | Path) -> None:
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a local Qwen2.5-VL directory (no config.json); "
+                                "weights are never downloaded: point model.vlm_path at a local copy")
+
+
 def config_from_pretrained(path: str | Path, base: ModelConfig) -> ModelConfig:
     """`base` with its vision/llm sizes replaced by those of the Qwen2.5-VL checkpoint at `path`."""
     from transformers import AutoConfig
 
+    _require_local_dir(path)
     hf = AutoConfig.from_pretrained(str(path), local_files_only=True)
     text = getattr(hf, "text_config", hf)
     vis = hf.vision_config
@@ -102,9 +109,7 @@ def config_from_pretrained(path: str | Path, base: ModelConfig) -> ModelConfig:
 
 def load_vlm(path: str | Path, dtype: torch.dtype = torch.float32) -> VLMParts:
     """Qwen2.5-VL parts with weights from a local directory (never a download)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a local Qwen2.5-VL directory (no config.json)")
+    _require_local_dir(path)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(
