@@ -88,3 +88,17 @@ def test_tiny_preset_is_small():
     model = LingVLA(tiny_config())
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     assert model.config.tokens_per_image == 64
+
+
+def test_key_value_overrides():
+    from lingvla.config import apply_overrides
+
+    data = tiny_config().to_dict()
+    apply_overrides(data, ["llm.num_layers=4", "loss=l1", "vision.fullatt_block_indexes=[0, 1]"])
+    config = ModelConfig.from_dict(data)
+    assert config.llm.num_layers == 4 and config.loss == "l1"
+    assert config.vision.fullatt_block_indexes == [0, 1]
+    with pytest.raises(ValueError, match="unknown key 'num_layer'"):
+        apply_overrides(data, ["llm.num_layer=3"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(data, ["loss"])

@@ -143,6 +143,27 @@ def _from_dict(cls, data: dict[str, Any]):
     return cls(**data)
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` strings (values parsed as YAML) to a nested dict, in place.
+
+    An unknown key is an error naming it, so a typo never silently does nothing.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {key!r}: {part!r} is not a known section")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
 def tiny_config(**overrides: Any) -> ModelConfig:
     """Same classes as the 4B model, small sizes. The LLM vocabulary matches the tiny tokenizer."""
     from lingvla.model.tokenizer import TINY_VOCAB_SIZE

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lingvla.config import LLMConfig, ModelConfig, VisionConfig
@@ -137,11 +138,30 @@ def patchify(pixels: torch.Tensor, patch: int, merge: int, temporal: int) -> tor
     return x.reshape(n * gh * gw, c * temporal * patch * patch)
 
 
+class MatmulPatchEmbed(nn.Module):
+    """Qwen2.5-VL's patch embedding (a Conv3d whose kernel equals its stride) as one matmul.
+
+    Same parameter (`proj.weight`, same name and shape), same result; oneDNN's Conv3d is several
+    times slower than the equivalent GEMM on CPU.
+    """
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.proj = original.proj
+        self.embed_dim = original.embed_dim
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        return F.linear(hidden_states.to(weight.dtype), weight.reshape(self.embed_dim, -1))
+
+
 class ImageEncoder(nn.Module):
     """uint8 images -> LLM-width tokens through the Qwen2.5-VL vision tower."""
 
     def __init__(self, visual: nn.Module, vision: VisionConfig, image_size: int):
         super().__init__()
+        if hasattr(visual, "patch_embed") and not isinstance(visual.patch_embed, MatmulPatchEmbed):
+            visual.patch_embed = MatmulPatchEmbed(visual.patch_embed)
         self.visual = visual
         self.patch = vision.patch_size
         self.merge = vision.spatial_merge_size

@@ -189,10 +189,10 @@ class LingVLA(nn.Module):
                 prefix = out
         return cache
 
-    def forward_suffix(self, cache: PrefixCache, prefix_valid: torch.Tensor, suffix: torch.Tensor,
-                       cond: torch.Tensor) -> torch.Tensor:
-        """The expert stream alone against the cached prefix -> final-normed suffix states."""
-        b, length = suffix.shape[:2]
+    def plan_suffix(self, prefix_valid: torch.Tensor, length: int):
+        """Mask and RoPE tables for suffix-only passes against a cached prefix (the same for
+        every denoising step, so built once per chunk)."""
+        b = prefix_valid.shape[0]
         suffix_blocks = self._suffix_blocks(b, length)
         blocks_k = torch.cat([torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long),
                               suffix_blocks], dim=1)
@@ -200,7 +200,12 @@ class LingVLA(nn.Module):
         start = prefix_valid.long().sum(1, keepdim=True)
         positions = start + torch.arange(length, device=self.device)[None]
         mask = build_mask(suffix_blocks, blocks_k, valid_k, self.config.attn_backend)
-        cos, sin = self._rope(positions)
+        return (mask, *self._rope(positions))
+
+    def forward_suffix(self, cache: PrefixCache, plan, suffix: torch.Tensor,
+                       cond: torch.Tensor) -> torch.Tensor:
+        """The expert stream alone against the cached prefix -> final-normed suffix states."""
+        mask, cos, sin = plan
         for layer, kv in zip(self.layers, cache):
             _, suffix, _ = layer(None, suffix, cond, cos, sin, mask, prefix_kv=kv)
         return self.expert_norm(suffix)
@@ -256,10 +261,11 @@ class LingVLA(nn.Module):
         state, dim_mask = inputs["state"], inputs["action_dim_mask"]
         if use_cache:
             cache = self.fill_prefix_cache(prefix, prefix_valid)
+            plan = self.plan_suffix(prefix_valid, 1 + c.chunk_size)
 
             def velocity(x, t):
                 suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-                return self.velocity_from_suffix(self.forward_suffix(cache, prefix_valid, suffix, cond))
+                return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond))
         else:
             def velocity(x, t):
                 suffix, cond = self.embed_suffix(state, x, t, dim_mask)

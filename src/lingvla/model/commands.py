@@ -1,0 +1,94 @@
+"""Model commands: `lingvla bench infer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = bench.add_parser("infer", help="ms per action chunk, KV-cached vs uncached sampling")
+    p.add_argument("--preset", default="tiny", help="model preset (tiny | lingbot-4b); random weights")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10, help="Euler denoising steps")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=None, help="override the preset's image size")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attn-backend", default=None, choices=["sdpa", "flex"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="model config overrides, e.g. llm.num_layers=4 vision.depth=1")
+    p.set_defaults(func=bench_infer)
+
+
+def percentiles(times_ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    arr = np.asarray(times_ms)
+    return {f"p{q}_ms": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
+
+
+def bench_infer(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from lingvla.config import ModelConfig, apply_overrides, preset
+    from lingvla.model.policy import LingVLA
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"num_steps": args.steps, "tokenizer": "tiny"}
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    if args.attn_backend:
+        overrides["attn_backend"] = args.attn_backend
+    config = preset(args.preset, **overrides)
+    config = ModelConfig.from_dict(apply_overrides(config.to_dict(), args.set))
+    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    with device:
+        model = LingVLA(config).to(dtype).eval()
+    b = args.batch
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.randint(0, 256, (b, config.num_cameras, 3, config.image_size, config.image_size),
+                                dtype=torch.uint8, generator=g),
+        "image_mask": torch.ones(b, config.num_cameras, dtype=torch.bool),
+        "prompt": ["pick up the cube with the right arm and transfer it to the left arm"] * b,
+        "state": torch.randn(b, config.action_dim, generator=g),
+        "action_dim_mask": torch.ones(b, config.action_dim, dtype=torch.bool),
+    }
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    results = {}
+    for mode, use_cache in (("cached", True), ("uncached", False)):
+        for _ in range(args.warmup):
+            model.sample_actions(batch, use_cache=use_cache)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.repeats):
+            sync()
+            start = time.perf_counter()
+            model.sample_actions(batch, use_cache=use_cache)
+            sync()
+            times.append((time.perf_counter() - start) * 1000)
+        record = {"bench": "infer", "mode": mode, "preset": args.preset, "overrides": args.set, "batch": b,
+                  "steps": args.steps, "cameras": config.num_cameras, "image_size": config.image_size,
+                  "chunk": config.chunk_size, "device": str(device), "dtype": args.dtype,
+                  "attn_backend": config.attn_backend, "threads": torch.get_num_threads(),
+                  "repeats": args.repeats, **percentiles(times)}
+        if device.type == "cuda":
+            record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        results[mode] = record
+        print(json.dumps(record), flush=True)
+    speedup = results["uncached"]["p50_ms"] / results["cached"]["p50_ms"]
+    print(json.dumps({"bench": "infer", "cache_speedup_p50": round(speedup, 2)}), flush=True)
+    return 0
