@@ -214,6 +214,11 @@ class LingVLA(nn.Module):
         return self.action_out_proj(suffix_out[:, 1:])
 
     # ----------------------------------------------------------------------------- training
+    def forward(self, batch: dict, noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """The training forward is the loss (so FSDP's root hooks wrap it): see compute_loss."""
+        return self.compute_loss(batch, noise=noise, t=t, generator=generator)
+
     def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
                      t: torch.Tensor | None = None,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
