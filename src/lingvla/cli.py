@@ -14,6 +14,8 @@ import sys
 
 COMMAND_MODULES = (
     "lingvla.model.commands",
+    "lingvla.train.commands",
+    "lingvla.data.commands",
 )
 
 

@@ -1,0 +1,166 @@
+"""Training samples: one frame of one robot's LeRobot dataset -> the model's batch contract.
+
+For frame t of an episode of length L a sample holds
+  images          uint8 [C, 3, S, S]  current frame of each camera slot (head, left_wrist, right_wrist),
+                                      resized with padding to S x S (aspect kept, centred, black pad)
+  image_mask      bool [C]            False for a slot the robot's dataset has no camera for (its image
+                                      is zeros); a camera that exists but fails to decode is an error,
+                                      never a zero image
+  prompt          str                 the frame's task text
+  state           float32 [D]         normalized state at t, packed into the unified width D
+  actions         float32 [T, D]      normalized actions at t + k for k in range(T), i.e. the delta
+                                      timestamps range(T) / fps; steps past the episode end repeat
+                                      the last action (LeRobot's clamping) and are flagged in
+  action_is_pad   bool [T]            True for t + k >= L
+  action_dim_mask bool [D]            True on the robot's real action dims
+  embodiment      str
+`collate` stacks samples into exactly the contract of lingvla.batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodiment
+from lingvla.data.errors import BadSampleError, NonFiniteValueError
+from lingvla.data.lerobot import LeRobotDataset
+from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
+
+BAD_SAMPLE_POLICIES = ("raise", "skip")
+CONTRACT_KEYS = ("images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
+                 "action_is_pad", "embodiment")
+
+
+class RobotDataset(torch.utils.data.Dataset):
+    """Samples from one LeRobot dataset recorded by one embodiment.
+
+    Args:
+        root: dataset directory (or a LeRobotDataset).
+        embodiment: name, Embodiment, or None to pick it from info.json's robot_type.
+        norm_stats: a norm_stats.json path, its dict, a Normalizer, or None for raw (unnormalized)
+            values - the model's contract wants normalized values, so None is for inspection only.
+        action_dim: the unified width D; chunk_size: T; image_size: S; camera_slots: the model's
+            camera order.
+        on_bad_sample: "raise" (default) or "skip": a sample that raises BadSampleError (missing or
+            corrupt video, frame past the video's end, NaN) is replaced by the next index that
+            works, and counted in ``skipped`` (per process) and in the sample's "_skipped" entry.
+    """
+
+    def __init__(self, root, embodiment=None, *, norm_stats=None, action_dim: int = 32,
+                 chunk_size: int = 50, image_size: int = 224, camera_slots=CAMERA_SLOTS,
+                 normalization_mode: str = "quantile", min_scale: float = DEFAULT_MIN_SCALE,
+                 clip: float | None = None, registry=None, on_bad_sample: str = "raise",
+                 max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4):
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
+        self.source = root if isinstance(root, LeRobotDataset) else \
+            LeRobotDataset(root, data_cache_size=data_cache_size, video_cache_size=video_cache_size)
+        self.embodiment: Embodiment = resolve_embodiment(embodiment, registry, self.source)
+        self.embodiment.validate(self.source)
+        self.action_dim, self.chunk_size, self.image_size = int(action_dim), int(chunk_size), int(image_size)
+        self.camera_slots = tuple(camera_slots)
+        self.state_positions = self.embodiment.positions("state", self.action_dim)
+        self.action_positions = self.embodiment.positions("action", self.action_dim)
+        self.dim_mask = torch.from_numpy(self.embodiment.dim_mask(self.action_dim))
+        available = set(self.source.video_keys) | set(self.source.image_keys)
+        self.camera_keys = [self.embodiment.camera_key(slot, available) for slot in self.camera_slots]
+        if isinstance(norm_stats, Normalizer) or norm_stats is None:
+            self.normalizer = norm_stats
+        else:
+            self.normalizer = Normalizer.from_file(norm_stats, self.embodiment.name, mode=normalization_mode,
+                                                   min_scale=min_scale, clip=clip,
+                                                   state_dim=self.embodiment.state_dim,
+                                                   action_dim=self.embodiment.action_dim)
+        if self.normalizer is not None and (self.normalizer.state_dim, self.normalizer.action_dim) != \
+                (self.embodiment.state_dim, self.embodiment.action_dim):
+            raise ValueError(f"norm stats have state/action dims {self.normalizer.state_dim}/"
+                             f"{self.normalizer.action_dim}; embodiment {self.embodiment.name!r} has "
+                             f"{self.embodiment.state_dim}/{self.embodiment.action_dim}")
+        self.on_bad_sample = on_bad_sample
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped = 0
+        self._columns = self.embodiment.columns()
+
+    def __len__(self) -> int:
+        return self.source.num_frames
+
+    @property
+    def hours(self) -> float:
+        return self.source.hours
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if self.on_bad_sample == "raise":
+            return self.sample(index)
+        reasons = []
+        for attempt in range(self.max_consecutive_skips + 1):
+            try:
+                sample = self.sample((index + attempt) % len(self))
+            except BadSampleError as e:
+                self.skipped += 1
+                reasons.append(str(e))
+                continue
+            sample["_skipped"] = reasons
+            return sample
+        raise BadSampleError(f"{len(reasons)} consecutive bad samples from index {index} in "
+                             f"{self.source.root}; last: {reasons[-1]}")
+
+    def sample(self, index: int) -> dict:
+        """The sample of frame ``index``; raises BadSampleError on bad data."""
+        src, emb = self.source, self.embodiment
+        ep, frame = src.locate(index)
+        episode = src.episodes[ep]
+        columns, first = src.episode_rows(ep)
+        steps = frame + np.arange(self.chunk_size)
+        is_pad = steps >= episode.length
+        rows = first + np.minimum(steps, episode.length - 1)
+        state = emb.gather("state", {c: columns[c][first + frame:first + frame + 1] for c in self._columns})[0]
+        actions = emb.gather("action", {c: columns[c][rows] for c in self._columns})
+        for key, values, frames in (("state", state[None], [frame]), ("action", actions, steps)):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row, dim = map(int, np.argwhere(bad)[0])
+                raise NonFiniteValueError(
+                    f"{emb.name} {key} dim {dim} ({emb.dim_names(key)[dim]}) is {values[row, dim]}",
+                    path=str(episode.data_path), key=key, episode=episode.index,
+                    frame=int(min(frames[row], episode.length - 1)))
+        if self.normalizer is not None:
+            state = self.normalizer.normalize_state(state.astype(np.float32))
+            actions = self.normalizer.normalize_action(actions.astype(np.float32))
+        images = np.zeros((len(self.camera_slots), 3, self.image_size, self.image_size), dtype=np.uint8)
+        image_mask = np.zeros(len(self.camera_slots), dtype=bool)
+        for slot, key in enumerate(self.camera_keys):
+            if key is None:
+                continue
+            images[slot] = src.camera_frame(key, ep, frame, size=self.image_size).transpose(2, 0, 1)
+            image_mask[slot] = True
+        task_index = int(columns["task_index"][first + frame, 0]) if "task_index" in columns else None
+        prompt = src.tasks.get(task_index) if task_index is not None else None
+        if prompt is None:
+            prompt = episode.tasks[0] if episode.tasks else ""
+        return {
+            "images": torch.from_numpy(images),
+            "image_mask": torch.from_numpy(image_mask),
+            "prompt": prompt,
+            "state": torch.from_numpy(emb.pack("state", state.astype(np.float32), self.action_dim)),
+            "actions": torch.from_numpy(emb.pack("action", actions.astype(np.float32), self.action_dim)),
+            "action_dim_mask": self.dim_mask.clone(),
+            "action_is_pad": torch.from_numpy(is_pad),
+            "embodiment": emb.name,
+        }
+
+
+def collate(samples: list[dict]) -> dict:
+    """Samples -> exactly the batch contract of lingvla.batch (plus the optional `embodiment`)."""
+    return collate_with_report(samples)[0]
+
+
+def collate_with_report(samples: list[dict]) -> tuple[dict, list[str]]:
+    """As `collate`, also returning the reasons of samples skipped while producing these."""
+    batch = {}
+    for key in CONTRACT_KEYS:
+        values = [s[key] for s in samples]
+        batch[key] = values if key in ("prompt", "embodiment") else torch.stack(values)
+    skipped = [reason for s in samples for reason in s.get("_skipped", [])]
+    return batch, skipped

@@ -1,0 +1,208 @@
+"""Normalization statistics from the parquet columns alone (videos are never opened).
+
+Method, per embodiment and per key ("state", "action": the robot's own vector, fields
+concatenated in the embodiment's order), streamed file by file in two passes:
+  pass 1: count, mean and M2 (Chan et al.'s pairwise merge of per-file moments, float64), min, max;
+          mean/std/min/max equal numpy's on the same values up to float64 rounding.
+  pass 2: a histogram of ``num_bins`` (default 65536) equal bins per dim spanning [min, max].
+          A quantile is numpy's default ('linear') interpolation between the two order statistics
+          around rank q * (N - 1); each order statistic is read off the histogram (its bin, then
+          linearly within the bin). Both lie in the same bin as the true value, so the error is at
+          most one bin width: |q_est - q_true| <= (max - min) / num_bins, per dim. The bound is written
+          to the file as ``quantile_error_bound``.
+Pass 2 reuses pass 1's arrays when they fit in ``memory_budget_mb``; otherwise it re-reads the files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lingvla.data.errors import NonFiniteValueError
+
+QUANTILES = {"q01": 0.01, "q02": 0.02, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q98": 0.98, "q99": 0.99}
+DEFAULT_BINS = 1 << 16
+FORMAT = "lingvla.norm_stats/1"
+
+
+class RunningStats:
+    """Per-dim statistics of rows [N, d] fed in batches: ``update`` over all batches (pass 1), then
+    ``update_histogram`` over the same batches (pass 2), then ``result``."""
+
+    def __init__(self, num_bins: int = DEFAULT_BINS):
+        self.num_bins = int(num_bins)
+        self.count = 0
+        self.mean = self.m2 = self.min = self.max = None
+        self.hist = None
+        self.hist_count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        x = x.reshape(len(x), -1)
+        n = len(x)
+        if n == 0:
+            return
+        mean = x.mean(0)
+        m2 = ((x - mean) ** 2).sum(0)
+        if self.count == 0:
+            self.mean, self.m2 = mean, m2
+            self.min, self.max = x.min(0), x.max(0)
+        else:
+            if x.shape[1] != self.mean.shape[0]:
+                raise ValueError(f"width changed from {self.mean.shape[0]} to {x.shape[1]}")
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
+            self.min, self.max = np.minimum(self.min, x.min(0)), np.maximum(self.max, x.max(0))
+        self.count += n
+
+    def _bin_width(self) -> np.ndarray:
+        return (self.max - self.min) / self.num_bins
+
+    def update_histogram(self, x: np.ndarray) -> None:
+        if self.count == 0:
+            raise RuntimeError("update_histogram before update: the bin range is not known yet")
+        x = np.asarray(x, dtype=np.float64)
+        x = x.reshape(len(x), -1)
+        d = x.shape[1]
+        if self.hist is None:
+            self.hist = np.zeros(d * self.num_bins, dtype=np.int64)
+        width = self._bin_width()
+        safe = np.where(width > 0, width, 1.0)
+        idx = np.floor((x - self.min) / safe).astype(np.int64)
+        np.clip(idx, 0, self.num_bins - 1, out=idx)
+        idx += np.arange(d, dtype=np.int64) * self.num_bins
+        self.hist += np.bincount(idx.reshape(-1), minlength=d * self.num_bins)
+        self.hist_count += len(x)
+
+    def _order_statistic(self, dim: int, cum: np.ndarray, counts: np.ndarray, k: int) -> float:
+        b = int(np.searchsorted(cum, k, side="right"))
+        within = k - (cum[b] - counts[b])
+        width = self._bin_width()[dim]
+        value = self.min[dim] + (b + (within + 0.5) / counts[b]) * width
+        return float(min(max(value, self.min[dim]), self.max[dim]))
+
+    def quantiles(self, qs: dict[str, float]) -> dict[str, list[float]]:
+        if self.hist is None or self.hist_count != self.count:
+            raise RuntimeError(f"the histogram pass saw {self.hist_count} rows, the first pass {self.count}")
+        d = len(self.mean)
+        hist = self.hist.reshape(d, self.num_bins)
+        out = {name: [] for name in qs}
+        for dim in range(d):
+            counts = hist[dim]
+            cum = np.cumsum(counts)
+            for name, q in qs.items():
+                rank = q * (self.count - 1)
+                lo = int(math.floor(rank))
+                frac = rank - lo
+                a = self._order_statistic(dim, cum, counts, lo)
+                b = self._order_statistic(dim, cum, counts, min(lo + 1, self.count - 1)) if frac > 0 else a
+                out[name].append(a + frac * (b - a))
+        return out
+
+    def result(self, quantiles: dict[str, float] | tuple[float, ...] = QUANTILES) -> dict:
+        if isinstance(quantiles, tuple):
+            quantiles = {f"q{round(q * 100):02d}": q for q in quantiles}
+        out = {
+            "mean": self.mean.tolist(),
+            "std": np.sqrt(np.maximum(self.m2 / self.count, 0.0)).tolist(),
+            "min": self.min.tolist(),
+            "max": self.max.tolist(),
+            "count": int(self.count),
+        }
+        if quantiles:
+            out.update(self.quantiles(quantiles))
+            out["quantile_error_bound"] = self._bin_width().tolist()
+            out["num_bins"] = self.num_bins
+        return out
+
+
+def _check_finite(values: np.ndarray, path: Path, columns: dict, key: str, embodiment: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, dim = map(int, np.argwhere(bad)[0])
+        raise NonFiniteValueError(f"{embodiment} {key} dim {dim} is {values[row, dim]} "
+                                  f"({int(bad.any(1).sum())} bad rows in this file)", path=str(path),
+                                  key=key, episode=int(columns["episode_index"][row, 0]),
+                                  frame=int(columns["frame_index"][row, 0]))
+
+
+def compute_norm_stats(datasets, embodiment, *, registry=None, num_bins: int = DEFAULT_BINS,
+                       memory_budget_mb: float = 512) -> dict:
+    """Stats of one embodiment over one or more datasets: {"state": {...}, "action": {...}, "count": N}.
+
+    ``datasets``: paths or LeRobotDataset objects; ``embodiment``: a name or an Embodiment.
+    """
+    from lingvla.data.embodiments import resolve_embodiment
+    from lingvla.data.lerobot import LeRobotDataset
+
+    emb = resolve_embodiment(embodiment, registry)
+    sources = [d if isinstance(d, LeRobotDataset) else LeRobotDataset(d) for d in datasets]
+    stats = {"state": RunningStats(num_bins), "action": RunningStats(num_bins)}
+    kept: list[dict[str, np.ndarray]] | None = []
+    kept_bytes = 0
+
+    def batches():
+        for source in sources:
+            emb.validate(source)
+            for path, columns in source.iter_data_files(emb.columns()):
+                batch = {}
+                for key in ("state", "action"):
+                    values = emb.gather(key, columns)
+                    _check_finite(values, path, columns, key, emb.name)
+                    batch[key] = values
+                yield batch
+
+    for batch in batches():
+        for key, values in batch.items():
+            stats[key].update(values)
+        if kept is not None:
+            kept.append(batch)
+            kept_bytes += sum(v.nbytes for v in batch.values())
+            if kept_bytes > memory_budget_mb * 2**20:
+                kept = None
+    for batch in (kept if kept is not None else batches()):
+        for key, values in batch.items():
+            stats[key].update_histogram(values)
+    if stats["state"].count == 0:
+        raise ValueError(f"no frames found for embodiment {emb.name} in {[str(s.root) for s in sources]}")
+    out = {key: s.result() for key, s in stats.items()}
+    out["state"]["names"] = emb.dim_names("state")
+    out["action"]["names"] = emb.dim_names("action")
+    out["count"] = stats["state"].count
+    out["sources"] = [str(s.root) for s in sources]
+    return out
+
+
+def write_norm_stats(path: str | Path, embodiment: str, stats: dict, *, merge: bool = True) -> dict:
+    """Write (or merge into) a norm_stats.json:
+
+        {"norm_stats": {<embodiment>: {"state": {mean, std, min, max, q01, q02, q10, q50, q90, q98, q99,
+                                                 count, names, quantile_error_bound},
+                                       "action": {...}}},
+         "count": <frames over all embodiments>, "counts": {<embodiment>: N},
+         "sources": {<embodiment>: [dataset dirs]}, "format": "lingvla.norm_stats/1", "method": "..."}
+
+    A superset of the released layout ({"norm_stats": {key: {...}}, "count": N}) with one more level,
+    the embodiment; `Normalizer.from_file` reads both.
+    """
+    path = Path(path)
+    data: dict = {}
+    if merge and path.exists():
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} exists and is not a {FORMAT} file; pass another --out")
+    data.setdefault("norm_stats", {})[embodiment] = {"state": stats["state"], "action": stats["action"]}
+    data.setdefault("counts", {})[embodiment] = int(stats["count"])
+    data.setdefault("sources", {})[embodiment] = stats.get("sources", [])
+    data["count"] = int(sum(data["counts"].values()))
+    data["format"] = FORMAT
+    data["method"] = ("exact mean/std/min/max (float64); quantiles from a per-dim histogram of "
+                      "num_bins equal bins over [min, max], |error| <= quantile_error_bound")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return data

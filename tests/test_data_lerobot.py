@@ -1,0 +1,158 @@
+"""LeRobot v3.0 / v2.1 writing and reading (our own pyarrow + PyAV code)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lingvla.data.lerobot import LeRobotDataset, LeRobotDatasetWriter, convert_dataset
+from lingvla.data.synthetic import smooth_frames, trajectories
+
+H, W = 48, 64
+LENGTHS = [30, 45, 25]
+
+
+def _episode(e: int, length: int) -> dict:
+    state, action = trajectories(length, 14, seed=e)
+    rng = np.random.default_rng(e)
+    return {
+        "observation.state": state,
+        "action": action,
+        "observation.images.top": smooth_frames(length, H, W, seed=10 * e),
+        "observation.images.left_wrist": smooth_frames(length, H, W, seed=10 * e + 1),
+        "observation.depth.top": rng.integers(0, 4000, size=(length, 6, 8)).astype(np.uint16),
+        "next.reward": rng.random(length).astype(np.float32),
+    }
+
+
+FEATURES = {
+    "observation.state": {"dtype": "float32", "shape": [14], "names": [f"j{i}" for i in range(14)]},
+    "action": {"dtype": "float32", "shape": [14]},
+    "observation.images.top": {"dtype": "video", "shape": [H, W, 3]},
+    "observation.images.left_wrist": {"dtype": "video", "shape": [H, W, 3]},
+    "observation.depth.top": {"dtype": "uint16", "shape": [6, 8]},
+    "next.reward": {"dtype": "float32", "shape": [1]},
+}
+TASKS = ["pick up the cube", "insert the peg", "pick up the cube"]
+
+
+def _write(root, version="v3.0", codec="h264", **kwargs):
+    w = LeRobotDatasetWriter(root, fps=50, robot_type="aloha", features=FEATURES, codebase_version=version,
+                             video_codec=codec, **kwargs)
+    for e, n in enumerate(LENGTHS):
+        assert w.add_episode(task=TASKS[e], frames=_episode(e, n)) == e
+    return w.finalize()
+
+
+@pytest.fixture(scope="module")
+def v3_root(tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("v3") / "ds")
+
+
+def test_v3_layout_and_metadata(v3_root):
+    files = sorted(str(p.relative_to(v3_root)) for p in v3_root.rglob("*") if p.is_file())
+    assert files == ["data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet",
+                     "meta/info.json", "meta/stats.json", "meta/tasks.parquet",
+                     "videos/observation.images.left_wrist/chunk-000/file-000.mp4",
+                     "videos/observation.images.top/chunk-000/file-000.mp4"]
+    info = json.loads((v3_root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 50 and info["robot_type"] == "aloha"
+    assert info["total_episodes"] == 3 and info["total_frames"] == sum(LENGTHS) and info["total_tasks"] == 2
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        assert key in info["features"]
+    top = info["features"]["observation.images.top"]
+    assert top["shape"] == [H, W, 3] and top["info"]["video.codec"] == "h264"
+    assert top["info"]["video.pix_fmt"] == "yuv420p"
+    episodes = pq.read_table(v3_root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["dataset_from_index"] for e in episodes] == [0, 30, 75]
+    assert [e["dataset_to_index"] for e in episodes] == [30, 75, 100]
+    assert [e["videos/observation.images.top/from_timestamp"] for e in episodes] == [0.0, 0.6, 1.5]
+    assert [e["videos/observation.images.top/to_timestamp"] for e in episodes] == [0.6, 1.5, 2.0]
+    assert episodes[1]["tasks"] == ["insert the peg"] and episodes[1]["length"] == 45
+    assert "stats/observation.state/mean" in episodes[0]
+    tasks = pq.read_table(v3_root / "meta/tasks.parquet")
+    assert tasks.column("task").to_pylist() == ["pick up the cube", "insert the peg"]
+    assert b"pandas" in tasks.schema.metadata  # pandas (LeRobot) reads "task" back as the index
+    data = pq.read_table(v3_root / "data/chunk-000/file-000.parquet")
+    assert data.column("index").to_pylist() == list(range(100))
+    assert data.column("frame_index").to_pylist()[30:33] == [0, 1, 2]
+    stats = json.loads((v3_root / "meta/stats.json").read_text())
+    allstate = np.concatenate([_episode(e, n)["observation.state"] for e, n in enumerate(LENGTHS)])
+    np.testing.assert_allclose(stats["observation.state"]["mean"], allstate.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(stats["observation.state"]["std"], allstate.std(0), rtol=1e-5, atol=1e-7)
+    assert np.asarray(stats["observation.images.top"]["mean"]).shape == (3, 1, 1)
+    assert "q01" in stats["action"]
+
+
+def test_v3_round_trip(v3_root):
+    ds = LeRobotDataset(v3_root)
+    assert ds.version == "v3.0" and ds.num_frames == 100 and ds.num_episodes == 3
+    assert ds.video_keys == ["observation.images.top", "observation.images.left_wrist"]
+    errors = []
+    for e, n in enumerate(LENGTHS):
+        src = _episode(e, n)
+        data = ds.episode_data(e)
+        np.testing.assert_array_equal(data["observation.state"], src["observation.state"])
+        np.testing.assert_array_equal(data["action"], src["action"])
+        np.testing.assert_array_equal(data["observation.depth.top"], src["observation.depth.top"])
+        np.testing.assert_array_equal(data["next.reward"][:, 0], src["next.reward"])
+        for f in (0, n // 2, n - 1):
+            frame = ds.frame(ds.episode_start(e) + f)
+            assert frame["task"] == TASKS[e]
+            for key in ds.video_keys:
+                err = np.abs(frame[key].astype(int) - src[key][f].astype(int)).mean()
+                errors.append(err)
+    assert max(errors) < 4.0, errors  # codec loss on smooth images: a few levels
+
+
+def test_v3_many_files_and_av1(tmp_path):
+    # Tiny file-size limits: every episode opens new data and video files; AV1 video.
+    root = _write(tmp_path / "ds", codec="av1", data_files_size_in_mb=1e-6, video_files_size_in_mb=1e-6)
+    assert len(list((root / "data/chunk-000").glob("file-*.parquet"))) == 3
+    assert len(list((root / "videos/observation.images.top/chunk-000").glob("file-*.mp4"))) == 3
+    ds = LeRobotDataset(root)
+    assert ds.features["observation.images.top"]["info"]["video.codec"] == "av1"
+    src = _episode(1, LENGTHS[1])
+    np.testing.assert_array_equal(ds.episode_data(1)["action"], src["action"])
+    frame = ds.frame(ds.episode_start(1) + 44)
+    assert np.abs(frame["observation.images.top"].astype(int) - src["observation.images.top"][44]).mean() < 5
+
+
+def test_v21_write_read_and_convert(tmp_path, v3_root):
+    root = _write(tmp_path / "v21", version="v2.1")
+    assert (root / "data/chunk-000/episode_000001.parquet").exists()
+    assert (root / "videos/chunk-000/observation.images.top/episode_000002.mp4").exists()
+    assert (root / "meta/episodes.jsonl").read_text().count("\n") == 3
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["total_videos"] == 6
+    a, b = LeRobotDataset(root), LeRobotDataset(v3_root)
+    assert a.version == "v2.1" and a.tasks == b.tasks and a.num_frames == b.num_frames
+    for position in (0, 29, 30, 74, 99):
+        fa, fb = a.frame(position), b.frame(position)
+        np.testing.assert_array_equal(fa["observation.state"], fb["observation.state"])
+        assert fa["task"] == fb["task"]
+        assert np.abs(fa["observation.images.top"].astype(int) - fb["observation.images.top"]).mean() < 4
+    # converter: v2.1 -> v3.0 keeps numeric data exactly
+    back = LeRobotDataset(convert_dataset(root, tmp_path / "back", codebase_version="v3.0"))
+    assert back.version == "v3.0"
+    np.testing.assert_array_equal(back.episode_data(2)["observation.depth.top"],
+                                  a.episode_data(2)["observation.depth.top"])
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    w = LeRobotDatasetWriter(tmp_path / "x", fps=50, features={"action": {"dtype": "float32", "shape": [3]}})
+    with pytest.raises(ValueError, match="missing"):
+        w.add_episode(task="t", frames={})
+    with pytest.raises(ValueError, match=r"expected \[T, 3\]"):
+        w.add_episode(task="t", frames={"action": np.zeros((5, 4))})
+    with pytest.raises(FileExistsError):
+        w.add_episode(task="t", frames={"action": np.zeros((5, 3))})
+        w.finalize()
+        LeRobotDatasetWriter(tmp_path / "x", fps=50, features={})
+    with pytest.raises(ValueError, match="written by the writer"):
+        LeRobotDatasetWriter(tmp_path / "y", fps=50, features={"timestamp": {"dtype": "float32", "shape": [1]}})

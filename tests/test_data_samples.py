@@ -1,0 +1,150 @@
+"""Samples and batches: action chunks, padding, unified space, cameras, the batch contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lingvla.batch import check_batch
+from lingvla.data.embodiments import load_registry
+from lingvla.data.errors import EmbodimentMismatchError
+from lingvla.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
+from lingvla.data.mixture import make_dataloader
+from lingvla.data.samples import RobotDataset, collate
+from lingvla.data.stats import compute_norm_stats, write_norm_stats
+from lingvla.data.synthetic import smooth_frames, trajectories, write_synthetic_dataset
+from lingvla.data.video import resize_with_pad
+
+FRANKA_YAML = """
+franka_pair:
+  description: test robot, two 7-DoF arms with gripper widths, gripper pinned at a fixed position
+  status: assumed
+  robot_types: [franka_pair]
+  state:
+    - {name: left_arm, column: observation.state, start: 0, stop: 7}
+    - {name: left_gripper, column: observation.state, start: 7, stop: 8}
+    - {name: right_arm, column: observation.state, start: 8, stop: 15}
+    - {name: right_gripper, column: observation.state, start: 15, stop: 16}
+  action:
+    - {name: left_arm, column: action, start: 0, stop: 7}
+    - {name: left_gripper, column: action, indices: [7]}
+    - {name: right_arm, column: action, start: 8, stop: 15}
+    - {name: right_gripper, column: action, start: 15, stop: 16, offset: 20}
+  cameras:
+    head: observation.images.front
+    left_wrist: null
+    right_wrist: [observation.images.wrist_right]
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("samples")
+    aloha = write_synthetic_dataset(tmp / "aloha", lengths=[40, 60], image_hw=(48, 64))
+    franka = write_synthetic_dataset(tmp / "franka", lengths=[30], dim=16, robot_type="franka_pair",
+                                     cameras=("front", "wrist_right"), image_hw=(64, 48), seed=7)
+    (tmp / "franka.yaml").write_text(FRANKA_YAML)
+    registry = load_registry([tmp / "franka.yaml"])
+    stats = tmp / "norm_stats.json"
+    write_norm_stats(stats, "aloha", compute_norm_stats([aloha], "aloha"))
+    write_norm_stats(stats, "franka_pair", compute_norm_stats([franka], "franka_pair", registry=registry))
+    return {"aloha": aloha, "franka": franka, "yaml": tmp / "franka.yaml", "registry": registry, "stats": stats}
+
+
+def test_action_chunk_and_padding_at_episode_end(data):
+    ds = RobotDataset(data["aloha"], "aloha", chunk_size=50, image_size=32, action_dim=32)
+    _, actions = trajectories(40, 14, seed=0)
+    states1, actions1 = trajectories(60, 14, seed=1)
+    s = ds[25]  # episode 0 (length 40), frame 25: 15 real steps, 35 padded
+    pad = s["action_is_pad"].numpy()
+    assert pad.sum() == 35 and not pad[:15].any() and pad[15:].all()
+    np.testing.assert_array_equal(s["actions"][:15, :14].numpy(), actions[25:40])
+    np.testing.assert_array_equal(s["actions"][15:, :14].numpy(), np.repeat(actions[39:40], 35, 0))
+    assert not s["actions"][:, 14:].any() and not s["state"][14:].any()
+    s = ds[39]  # last frame of episode 0 must not see episode 1
+    assert s["action_is_pad"].sum() == 49
+    np.testing.assert_array_equal(s["actions"][0, :14].numpy(), actions[39])
+    s = ds[40 + 5]  # episode 1, frame 5: a full chunk
+    assert not s["action_is_pad"].any()
+    np.testing.assert_array_equal(s["state"][:14].numpy(), states1[5])
+    np.testing.assert_array_equal(s["actions"][:, :14].numpy(), actions1[5:55])
+    assert s["prompt"] == "transfer the cube" and ds[0]["prompt"] == "pick up the cube"
+
+
+def test_two_embodiments_in_one_batch(data):
+    loader = make_dataloader([(data["aloha"], "aloha", 1.0), (data["franka"], "franka_pair", 1.0)],
+                             batch_size=16, norm_stats=data["stats"], action_dim=32, image_size=32,
+                             embodiment_paths=[data["yaml"]], seed=3)
+    batch = next(iter(loader))
+    assert set(batch) == {"images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
+                          "action_is_pad", "embodiment"}
+    assert check_batch(batch, num_cameras=3, image_size=32, action_dim=32, chunk_size=50) == 16
+    kinds = set(batch["embodiment"])
+    assert kinds == {"aloha", "franka_pair"}
+    franka_mask = np.zeros(32, bool)
+    franka_mask[list(range(15)) + [20]] = True  # right gripper pinned at offset 20
+    for i, name in enumerate(batch["embodiment"]):
+        mask = batch["action_dim_mask"][i].numpy()
+        if name == "aloha":
+            np.testing.assert_array_equal(mask, np.arange(32) < 14)
+            assert batch["image_mask"][i].tolist() == [True, True, True]
+            assert not batch["state"][i, 14:].any()
+        else:
+            np.testing.assert_array_equal(mask, franka_mask)
+            assert batch["image_mask"][i].tolist() == [True, False, True]
+            assert not batch["images"][i, 1].any()  # missing camera: zeros, masked
+            assert not batch["state"][i, 16:].any()
+        assert not batch["actions"][i][:, ~mask].any()
+    assert batch["images"].dtype == torch.uint8 and batch["state"].dtype == torch.float32
+
+
+def test_normalized_values_and_unified_layout(data):
+    from lingvla.data.normalize import Normalizer
+
+    registry = data["registry"]
+    ds = RobotDataset(data["franka"], "franka_pair", norm_stats=data["stats"], registry=registry, image_size=32)
+    raw = RobotDataset(data["franka"], "franka_pair", registry=registry, image_size=32)
+    norm = Normalizer.from_file(data["stats"], "franka_pair")
+    s, r = ds[3], raw[3]
+    emb = registry.get("franka_pair")
+    robot_actions = emb.unpack("action", r["actions"].numpy(), 32)
+    np.testing.assert_allclose(emb.unpack("action", s["actions"].numpy(), 32),
+                               norm.normalize_action(robot_actions), rtol=1e-5, atol=1e-6)
+    assert s["actions"][0, 20] != 0 and s["actions"][0, 15] == 0
+
+
+def test_images_resized_with_padding(data):
+    ds = LeRobotDataset(data["franka"])  # 64 x 48 (portrait) source
+    img = ds.video_frame("observation.images.front", 0, 3, size=32)
+    assert img.shape == (32, 32, 3)
+    assert not img[:, :4].any() and not img[:, -4:].any()  # 24 px wide content, centred
+    assert img[:, 4:28].mean() > 50
+    src = smooth_frames(30, 64, 48, seed=7)[3]
+    direct = resize_with_pad(src, 32)
+    assert np.abs(direct.astype(int) - img.astype(int))[:, 4:28].mean() < 6
+    wide = resize_with_pad(np.full((10, 40, 3), 200, np.uint8), 40)
+    assert wide.shape == (40, 40, 3) and not wide[:15].any() and (wide[15:25] == 200).all()
+
+
+def test_dimension_errors(data, tmp_path):
+    registry = data["registry"]
+    with pytest.raises(ValueError, match="needs 21 unified action positions.*unified width is 16"):
+        RobotDataset(data["franka"], "franka_pair", registry=registry, action_dim=16)
+    with pytest.raises(EmbodimentMismatchError, match="has 14 dims but embodiment 'franka_pair' reads index 14 for state field 'right_arm'"):
+        RobotDataset(data["aloha"], "franka_pair", registry=registry)
+    w = LeRobotDatasetWriter(tmp_path / "nostate", fps=50, features={"action": {"dtype": "float32", "shape": [14]}})
+    w.add_episode(task="t", frames={"action": np.zeros((3, 14), np.float32)})
+    w.finalize()
+    with pytest.raises(EmbodimentMismatchError, match="no column 'observation.state'"):
+        RobotDataset(tmp_path / "nostate", "aloha")
+    with pytest.raises(KeyError, match="unknown embodiment 'nope'"):
+        RobotDataset(data["aloha"], "nope")
+
+
+def test_collate_matches_contract(data):
+    ds = RobotDataset(data["aloha"], None, norm_stats=data["stats"], image_size=28, chunk_size=10,
+                      camera_slots=("head", "left_wrist"))
+    batch = collate([ds[i] for i in (0, 50, 99)])
+    assert check_batch(batch, num_cameras=2, image_size=28, action_dim=32, chunk_size=10) == 3
+    assert batch["embodiment"] == ["aloha"] * 3 and batch["action_is_pad"][2].sum() == 9
