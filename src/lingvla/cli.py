@@ -14,7 +14,6 @@ import sys
 
 COMMAND_MODULES = (
     "lingvla.model.commands",
-    "lingvla.train.commands",
     "lingvla.data.commands",
 )
 
