@@ -23,6 +23,10 @@ ARMS = ("left", "right")
 # Stiff enough that the gripper follows its mocap target: MuJoCo 3's weld with gym-aloha's
 # solimp (0.25 0.25 0.001) lets the gripper sag and twist several centimetres and degrees.
 STIFF_WELD_SOLIMP = (0.9, 0.95, 0.001)
+# Rotation stiffness relative to translation. At 1 the gripper still tilts 3-5 degrees when the
+# held peg meets the socket, enough to jam the joint-space replay (0/20 insertions replayed);
+# at 5 and above 40/40 replay.
+WELD_TORQUESCALE = 10.0
 
 
 def load_model(task: Task, mocap: bool = False) -> mujoco.MjModel:
@@ -35,6 +39,7 @@ def load_model(task: Task, mocap: bool = False) -> mujoco.MjModel:
             # gripper_link pose. (The shipped files weld them 13 cm apart: the offset between
             # the two bodies in the model's reference pose.)
             model.eq_data[weld, 3:10] = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+            model.eq_data[weld, 10] = WELD_TORQUESCALE
     return model
 
 
