@@ -1,0 +1,97 @@
+"""Demonstrations recorded in the joint task and written as a LeRobot v3.0 dataset by gen-demos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gym_aloha")
+pytest.importorskip("mujoco")
+
+from lingvla.sim import commands  # noqa: E402
+from lingvla.sim.demos import generate_demo, iter_demos  # noqa: E402
+from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
+from lingvla.sim.tasks import CAMERAS, JOINT_NAMES  # noqa: E402
+
+SIZE = 32
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    subcommands = parser.add_subparsers()
+    bench = subcommands.add_parser("bench").add_subparsers()
+    commands.add_commands(subcommands, bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_gen_demos_writes_a_lerobot_dataset(tmp_path, capsys):
+    from lingvla.data.lerobot import LeRobotDataset
+
+    out = tmp_path / "demos"
+    assert run_cli(["gen-demos", "--task", "transfer_cube", "--episodes", "2", "--out", str(out),
+                    "--image-size", str(SIZE), "--seed-start", "40", "--workers", "2",
+                    "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["episodes"] == 2 and report["success_rate"] == 1.0
+    assert report["seeds"] == [40, 41] and report["dataset"] == str(out)
+
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 50
+    assert info["robot_type"] == "aloha" and info["total_episodes"] == 2
+    assert info["total_frames"] == 800
+    features = info["features"]
+    assert features["observation.state"]["shape"] == [14]
+    assert features["observation.state"]["names"] == list(JOINT_NAMES)
+    assert features["action"]["shape"] == [14]
+    for cam in CAMERAS:
+        assert features[f"observation.images.{cam}"]["dtype"] == "video"
+        assert features[f"observation.images.{cam}"]["shape"] == [SIZE, SIZE, 3]
+
+    dataset = LeRobotDataset(out)
+    assert list(dataset.tasks.values()) == [
+        "pick up the cube with the right arm and transfer it to the left arm"]
+    assert sorted(dataset.video_keys) == sorted(f"observation.images.{c}" for c in CAMERAS)
+    episode = dataset.episode_data(1)
+    assert episode["action"].shape == (400, 14)
+    assert episode["next.reward"].max() == 4  # kept because the replay succeeded
+    # The episode is seed 41's demonstration, frame for frame (its first 120 steps suffice:
+    # the replay is deterministic).
+    demo = generate_demo("transfer_cube", 41, image_size=SIZE, steps=120)
+    np.testing.assert_allclose(episode["observation.state"][:120], demo.states)
+    np.testing.assert_allclose(episode["action"][:120], demo.actions)
+    frame = dataset.video_frame("observation.images.top", 1, 100)
+    assert frame.shape == (SIZE, SIZE, 3)
+    # Lossy video: close to the rendered frame, not equal.
+    assert np.abs(frame.astype(float) - demo.images["top"][100]).mean() < 12
+
+
+def test_demo_frames_line_up():
+    demo = generate_demo("insertion", 5, image_size=16, steps=40)
+    assert not demo.success  # 40 steps are too few to insert
+    assert demo.images["top"].shape == (40, 16, 16, 3)
+    assert demo.states.shape == demo.actions.shape == (40, 14) and demo.rewards.shape == (40,)
+    # Frame 0 is the state at reset; the arms then move toward the targets.
+    np.testing.assert_allclose(demo.states[0][[1, 2]], [-0.96, 1.16], atol=1e-6)
+
+
+def test_workers_keep_seed_order_and_results():
+    seeds = [3, 4, 5]
+    kwargs = dict(image_size=16, steps=30)
+    alone = list(iter_demos("transfer_cube", iter(seeds), workers=1, **kwargs))
+    pooled = list(iter_demos("transfer_cube", iter(seeds), workers=2, **kwargs))
+    assert [d.seed for d in pooled] == seeds
+    for a, b in zip(alone, pooled):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+
+
+def test_demos_refuse_evaluation_seeds(tmp_path):
+    with pytest.raises(SeedRangeError):
+        generate_demo("transfer_cube", EVAL_SEED_START, image_size=16, steps=5)
+    with pytest.raises(SeedRangeError):
+        run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"),
+                 "--seed-start", str(EVAL_SEED_START), "--workers", "1", "--no-progress"])
