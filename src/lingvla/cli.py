@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "lingvla.model.commands",
     "lingvla.data.commands",
+    "lingvla.sim.commands",
 )
 
 
