@@ -148,3 +148,23 @@ def test_collate_matches_contract(data):
     batch = collate([ds[i] for i in (0, 50, 99)])
     assert check_batch(batch, num_cameras=2, image_size=28, action_dim=32, chunk_size=10) == 3
     assert batch["embodiment"] == ["aloha"] * 3 and batch["action_is_pad"][2].sum() == 9
+
+
+def test_user_yaml_via_env_and_spec_round_trip(data, monkeypatch):
+    from lingvla.data.embodiments import get_embodiment, parse_embodiment
+
+    monkeypatch.setenv("LINGVLA_EMBODIMENTS", str(data["yaml"]))
+    emb = get_embodiment("franka_pair")
+    assert emb.status == "assumed" and emb.action_dim == 16 and emb.cameras["left_wrist"] == []
+    again = parse_embodiment("franka_pair", emb.to_spec())
+    assert again.positions("action", 32).tolist() == emb.positions("action", 32).tolist()
+    assert get_embodiment("aloha").camera_key("head", {"observation.images.cam_high"}) == "observation.images.cam_high"
+
+
+def test_worker_processes_after_use_in_main(data):
+    ds = RobotDataset(data["aloha"], "aloha", image_size=32, chunk_size=5)
+    expected = collate([ds[i] for i in range(8)])  # opens containers in this process first
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
+    got = [b for _, b in zip(range(2), loader)]
+    assert torch.equal(torch.cat([b["images"] for b in got]), expected["images"])
+    assert torch.equal(torch.cat([b["actions"] for b in got]), expected["actions"])

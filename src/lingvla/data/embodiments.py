@@ -158,6 +158,21 @@ class Embodiment:
                         f"{self.name!r} reads index {max(f.indices)} for {kind} field {f.name!r} "
                         f"(declared in {self.source or 'code'}); the dataset does not match its embodiment")
 
+    def to_spec(self) -> dict:
+        """This embodiment as the YAML mapping it is declared with (e.g. to ship beside a checkpoint)."""
+        def fields(items):
+            out = []
+            for f in items:
+                spec = {"name": f.name, "column": f.column, "indices": list(f.indices)}
+                if f.offset is not None:
+                    spec["offset"] = f.offset
+                out.append(spec)
+            return out
+
+        return {"description": self.description, "status": self.status, "robot_types": list(self.robot_types),
+                "state": fields(self.state), "action": fields(self.action),
+                "cameras": {slot: list(keys) for slot, keys in self.cameras.items()}}
+
     def summary(self) -> dict:
         return {"name": self.name, "status": self.status, "state_dim": self.state_dim,
                 "action_dim": self.action_dim, "cameras": {k: v for k, v in self.cameras.items()},

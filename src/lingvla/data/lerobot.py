@@ -126,11 +126,14 @@ class LeRobotDataset:
     Attributes: root, version, fps, robot_type, features (info.json's), tasks {task_index: text},
     episodes [Episode] ordered by episode_index, num_frames, video_keys, image_keys.
     Frames are addressed by position 0..num_frames-1 in episode order, or by (episode position,
-    frame in episode). Data files are loaded whole and kept in a small LRU; video containers too.
+    frame in episode). Data files are loaded (all columns, or ``columns`` and the index columns)
+    and kept in a small LRU; video containers too.
     """
 
-    def __init__(self, root: str | Path, *, data_cache_size: int = 4, video_cache_size: int = 12):
+    def __init__(self, root: str | Path, *, columns: list[str] | None = None, data_cache_size: int = 4,
+                 video_cache_size: int = 12):
         self.root = Path(root)
+        self.columns = None if columns is None else list(dict.fromkeys([*columns, *INDEX_FEATURES]))
         if not self.root.is_dir():
             raise DatasetFormatError(f"dataset directory {self.root} does not exist")
         self.info = _read_json(self.root / "meta" / "info.json")
@@ -291,7 +294,9 @@ class LeRobotDataset:
         if not path.exists():
             raise DatasetFormatError(f"data file {path} is missing")
         try:
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=None if self.columns is None else
+                                  [c for c in names if c in self.columns])
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise DatasetFormatError(f"cannot read data file {path}: {type(e).__name__}: {e}") from e
         columns: dict[str, object] = {}

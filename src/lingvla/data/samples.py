@@ -24,7 +24,7 @@ import torch
 
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodiment
 from lingvla.data.errors import BadSampleError, NonFiniteValueError
-from lingvla.data.lerobot import LeRobotDataset
+from lingvla.data.lerobot import INDEX_FEATURES, LeRobotDataset
 from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
@@ -57,6 +57,9 @@ class RobotDataset(torch.utils.data.Dataset):
         self.source = root if isinstance(root, LeRobotDataset) else \
             LeRobotDataset(root, data_cache_size=data_cache_size, video_cache_size=video_cache_size)
         self.embodiment: Embodiment = resolve_embodiment(embodiment, registry, self.source)
+        if not isinstance(root, LeRobotDataset):  # load only the columns samples read
+            self.source.columns = list(dict.fromkeys([*self.embodiment.columns(), *self.source.image_keys,
+                                                      *INDEX_FEATURES]))
         self.embodiment.validate(self.source)
         self.action_dim, self.chunk_size, self.image_size = int(action_dim), int(chunk_size), int(image_size)
         self.camera_slots = tuple(camera_slots)
@@ -161,6 +164,8 @@ def collate_with_report(samples: list[dict]) -> tuple[dict, list[str]]:
     batch = {}
     for key in CONTRACT_KEYS:
         values = [s[key] for s in samples]
-        batch[key] = values if key in ("prompt", "embodiment") else torch.stack(values)
+        # numpy's single-threaded copy: torch.stack's thread pool stalls on a busy loader host
+        batch[key] = values if key in ("prompt", "embodiment") else \
+            torch.from_numpy(np.stack([v.numpy() for v in values]))
     skipped = [reason for s in samples for reason in s.get("_skipped", [])]
     return batch, skipped

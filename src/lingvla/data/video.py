@@ -97,14 +97,21 @@ def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
     return _frame_to_square(av.VideoFrame.from_ndarray(image, format="rgb24"), size)
 
 
-def _frame_to_square(frame, size: int | None) -> np.ndarray:
+def _frame_to_square(frame, size: int | None, reformatter=None) -> np.ndarray:
     h, w = frame.height, frame.width
     if size is None or (h == size and w == size):
         return frame.to_ndarray(format="rgb24")
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     # Area averaging when shrinking: no aliasing, the same result for decoded and live frames.
-    rgb = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="AREA").to_ndarray()
+    # A reused reformatter keeps its scaler, which is costly to set up for every frame.
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = VideoReformatter()
+    # threads=1: swscale's own thread pool would not survive a fork into DataLoader workers.
+    rgb = reformatter.reformat(frame, width=nw, height=nh, format="rgb24", interpolation="AREA",
+                               threads=1).to_ndarray()
     out = np.zeros((size, size, 3), dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top:top + nh, left:left + nw] = rgb
@@ -121,6 +128,8 @@ class VideoFrameReader:
         self.max_open = max_open
         self.threads = threads
         self._open: OrderedDict[str, object] = OrderedDict()
+        self._reformatter = None
+        self._pid = os.getpid()
 
     def __getstate__(self):
         return {"max_open": self.max_open, "threads": self.threads}
@@ -136,6 +145,10 @@ class VideoFrameReader:
     def _container(self, path: str, where: dict):
         import av
 
+        if self._pid != os.getpid():
+            # Forked (a DataLoader worker): containers inherited from the parent share its file
+            # offsets; drop them unclosed and open our own.
+            self._open, self._reformatter, self._pid = OrderedDict(), None, os.getpid()
         container = self._open.get(path)
         if container is not None:
             self._open.move_to_end(path)
@@ -187,7 +200,12 @@ class VideoFrameReader:
                     best, best_dt = frame, dt
                 if t >= timestamp - 1e-9:
                     break
-            image = None if best is None or best_dt > tolerance_s else _frame_to_square(best, size)
+            if self._reformatter is None:
+                from av.video.reformatter import VideoReformatter
+
+                self._reformatter = VideoReformatter()
+            image = None if best is None or best_dt > tolerance_s else \
+                _frame_to_square(best, size, self._reformatter)
         except (av.error.FFmpegError, ValueError, OSError) as e:
             self._evict(path)
             raise VideoDecodeError(f"corrupt video, decoding at t={timestamp:.4f}s failed "
