@@ -111,9 +111,6 @@ class ArmPlan:
     def add(self, waypoint: Waypoint) -> None:
         self.waypoints = sorted(self.waypoints + [waypoint], key=lambda w: w.t)
 
-    def last(self) -> Waypoint:
-        return self.waypoints[-1]
-
     def __call__(self, t: float) -> tuple[np.ndarray, np.ndarray, float]:
         points = self.waypoints
         if t <= points[0].t:
