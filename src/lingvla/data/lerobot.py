@@ -347,14 +347,9 @@ class LeRobotDataset:
         """Stream the data files in episode order, reading only ``keys`` (+ episode_index, frame_index)."""
         import pyarrow.parquet as pq
 
-        seen: list[Path] = []
-        for ep in self.episodes:
-            if not seen or seen[-1] != ep.data_path:
-                if ep.data_path in seen:
-                    continue
-                seen.append(ep.data_path)
+        paths = list(dict.fromkeys(ep.data_path for ep in self.episodes))
         want = list(dict.fromkeys([*keys, "episode_index", "frame_index"]))
-        for path in seen:
+        for path in paths:
             if not path.exists():
                 raise DatasetFormatError(f"data file {path} is missing")
             names = pq.read_schema(path).names
@@ -728,15 +723,13 @@ class LeRobotDatasetWriter:
         vector_keys = [k for k, f in self.features.items() if f["dtype"] in NUMERIC_DTYPES and len(f["shape"]) == 1]
         if vector_keys and self.num_frames:
             stats = {k: RunningStats() for k in vector_keys}
-            batches = list(_iter_written(self.root, vector_keys, self.features))
-            for batch in batches:
-                for k in vector_keys:
-                    batch[k] = batch[k][np.isfinite(batch[k]).all(1)].astype(np.float64)
-                    stats[k].update(batch[k])
-            for batch in batches:
-                for k in vector_keys:
-                    stats[k].update_histogram(batch[k])
+            for update in ("update", "update_histogram"):  # two streaming passes over the files
+                for batch in _iter_written(self.root, vector_keys, self.features):
+                    for k in vector_keys:
+                        getattr(stats[k], update)(batch[k][np.isfinite(batch[k]).all(1)])
             for k in vector_keys:
+                if stats[k].count == 0 or k not in out:
+                    continue
                 result = stats[k].result(quantiles=(0.01, 0.10, 0.50, 0.90, 0.99))
                 for q in ("q01", "q10", "q50", "q90", "q99"):
                     out[k][q] = result[q]

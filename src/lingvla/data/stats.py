@@ -64,6 +64,8 @@ class RunningStats:
         return (self.max - self.min) / self.num_bins
 
     def update_histogram(self, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
         if self.count == 0:
             raise RuntimeError("update_histogram before update: the bin range is not known yet")
         x = np.asarray(x, dtype=np.float64)
