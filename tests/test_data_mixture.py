@@ -44,6 +44,11 @@ def test_resume_midway_and_ranks():
     assert r0 == full[0:200:2] and r1 == full[1:200:2]
     with pytest.raises(ValueError, match="seed"):
         MixtureSampler([500, 700], [0.3, 0.7], seed=6).check_state(state)
+    it = iter(a)  # direct iteration keeps its own position: state_dict() / load_state_dict()
+    head = [next(it) for _ in range(10)]
+    c = MixtureSampler([500, 700], [0.3, 0.7], seed=5)
+    c.load_state_dict(a.state_dict())
+    assert head == full[:10] and [next(iter(c)) for _ in range(5)] == full[10:15]
 
 
 @pytest.fixture(scope="module")

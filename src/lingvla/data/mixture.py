@@ -88,6 +88,7 @@ class MixtureSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.position = 0  # this rank's next position when iterated directly
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self._counts: dict[int, np.ndarray] = {0: np.zeros(len(self.sizes), dtype=np.int64)}
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -154,12 +155,14 @@ class MixtureSampler:
         return out
 
     def __iter__(self):
-        q = 0
         while True:
-            yield self.indices(q, 1)[0]
-            q += 1
+            index = self.indices(self.position, 1)[0]
+            self.position += 1
+            yield index
 
-    def state_dict(self, position: int) -> dict:
+    def state_dict(self, position: int | None = None) -> dict:
+        """The state at ``position`` (default: the next position this sampler will yield)."""
+        position = self.position if position is None else position
         p = self.global_position(position)
         block = p // BLOCK
         return {"version": STATE_VERSION, "position": int(position), "seed": self.seed, "rank": self.rank,
@@ -178,6 +181,9 @@ class MixtureSampler:
                              f"saved {[(k, state.get(k)) for k in mismatch if k != 'weights']}")
         self._counts[int(state["block"])] = np.asarray(state["block_counts"], dtype=np.int64)
         return int(state["position"])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = self.check_state(state)
 
 
 class _Batches:
@@ -279,6 +285,9 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
     from lingvla.data.normalize import DEFAULT_MIN_SCALE
 
+    if norm_stats is None:
+        raise ValueError("make_dataloader needs norm_stats (a norm_stats.json path or dict); "
+                         "compute it with `lingvla stats DATASET_DIR --embodiment NAME`")
     if not 1 <= num_cameras <= len(CAMERA_SLOTS):
         raise ValueError(f"num_cameras must be 1..{len(CAMERA_SLOTS)}; got {num_cameras}")
     if rank is None or world_size is None:
