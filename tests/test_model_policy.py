@@ -129,6 +129,9 @@ def test_gradients_reach_both_streams():
     for head in (model.state_proj, model.action_in_proj, model.action_out_proj,
                  model.action_time_mlp_in, model.action_time_mlp_out):
         assert grad_norm(head) > 0
+    # Exactly the parameters declared unused get no gradient.
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()}
+    assert no_grad == set(model.unused_parameter_names())
 
 
 def test_one_step_lowers_loss_and_training_overfits_one_batch():

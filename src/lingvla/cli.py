@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = (
     "lingvla.model.commands",
+    "lingvla.train.commands",
     "lingvla.data.commands",
     "lingvla.sim.commands",
 )

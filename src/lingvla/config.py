@@ -135,12 +135,25 @@ class ModelConfig:
         return cls.from_dict(data.get("model", data))
 
 
+def coerce_number(value: Any, like: Any, name: str) -> Any:
+    """YAML 1.1 reads `3e-4` as a string: turn numeric strings into the type of the default."""
+    if isinstance(value, str) and isinstance(like, (int, float)) and not isinstance(like, bool):
+        try:
+            return type(like)(float(value)) if isinstance(like, int) else float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a number") from None
+    if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
+    defaults = cls()
+    return cls(**{k: coerce_number(v, getattr(defaults, k), k) for k, v in data.items()})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -92,6 +92,17 @@ class LingVLA(nn.Module):
             layer.expert.input_layernorm.reset_parameters()
             layer.expert.post_attention_layernorm.reset_parameters()
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters the action loss cannot reach: in the last layer the suffix reads only the
+        prefix's keys and values, so the VLM stream's queries, o_proj, post-attention norm and MLP
+        there, and its final norm, feed nothing. The trainer freezes them (no gradients, no
+        optimizer state)."""
+        last = len(self.layers) - 1
+        vlm = self.layers[last].vlm
+        names = [f"layers.{last}.vlm.{n}" for n, _ in vlm.named_parameters()
+                 if not n.startswith(("self_attn.k_proj", "self_attn.v_proj", "input_layernorm"))]
+        return names + [f"vlm_norm.{n}" for n, _ in self.vlm_norm.named_parameters()]
+
     # ----------------------------------------------------------------------------------- inputs
     @property
     def device(self) -> torch.device:

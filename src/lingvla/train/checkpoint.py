@@ -1,0 +1,142 @@
+"""Resumable checkpoints (torch.distributed.checkpoint) and the inference export.
+
+Layout under OUTPUT_DIR:
+  checkpoints/step_00000500/   model + optimizer shards (DCP), extra_rank{R}.pt (scheduler, step,
+                               loader position, RNG), COMPLETE
+  export/                      model.safetensors, config.yaml, norm_stats.json, embodiments.yaml,
+                               tokenizer/  - all that `lingvla serve` and `lingvla eval-sim` need
+
+Atomicity: a checkpoint is written under a temporary name and renamed into place only once every
+rank has finished, so a crash mid-write never touches the last good checkpoint; leftovers of a
+crashed write are ignored and cleaned on the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lingvla.train.parallel import Distributed
+
+PREFIX = "step_"
+TMP_PREFIX = ".tmp_"
+COMPLETE = "COMPLETE"
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.name.startswith(PREFIX) and (path / COMPLETE).is_file():
+            found.append((int(path.name[len(PREFIX):]), path))
+    return sorted(found)
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
+def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    extra: dict, dist_info: Distributed, keep_last: int) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(root)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}"
+    if dist_info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    dist_info.barrier()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
+    torch.save(extra, tmp / f"extra_rank{dist_info.rank}.pt")
+    dist_info.barrier()
+    if dist_info.is_main:
+        (tmp / COMPLETE).write_text(json.dumps({"step": step, "world_size": dist_info.world_size}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist_info.barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    dist_info: Distributed) -> dict:
+    """Restore model and optimizer in place; returns this rank's extra state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    path = Path(path)
+    marker = json.loads((path / COMPLETE).read_text())
+    if marker.get("world_size", 1) != dist_info.world_size:
+        raise ValueError(f"checkpoint {path} was written by {marker['world_size']} processes; this run "
+                         f"has {dist_info.world_size}. Resume with the same number of processes.")
+    state = _state(model, optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return torch.load(path / f"extra_rank{dist_info.rank}.pt", weights_only=False)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) model state on CPU, on every rank; plain names (no wrapper prefixes)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def export_inference(out_dir: str | Path, state: dict[str, torch.Tensor], model_config, tokenizer,
+                     norm_stats: dict, embodiments: dict, train_info: dict) -> Path:
+    """Write the inference directory atomically (into a temporary sibling, then renamed)."""
+    from safetensors.torch import save_file
+
+    from lingvla.model.policy import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lingvla": "1"})
+    model_config.save_yaml(tmp / CONFIG_NAME)
+    tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+    (tmp / "norm_stats.json").write_text(json.dumps(norm_stats, indent=1))
+    import yaml
+
+    (tmp / "embodiments.yaml").write_text(yaml.safe_dump(embodiments, sort_keys=False))
+    (tmp / "train_info.json").write_text(json.dumps(train_info, indent=1))
+    old = out_dir.with_name(f"{TMP_PREFIX}old_{out_dir.name}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir

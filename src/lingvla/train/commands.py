@@ -1,0 +1,104 @@
+"""Training commands: `lingvla train` and `lingvla bench train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a policy (one process, or data-parallel under torchrun)")
+    p.add_argument("config", nargs="?", default=None, help="training YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. steps=200 model.preset=tiny optim.lr=3e-4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+    b = bench.add_parser("train", help="training throughput, step-time split, memory and MFU")
+    b.add_argument("--preset", default="tiny")
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--steps", type=int, default=12)
+    b.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
+    b.add_argument("--image-size", type=int, default=None)
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training config overrides")
+    b.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak dense TFLOP/s for MFU (default: known GPUs; none on CPU)")
+    b.set_defaults(func=bench_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lingvla.train.config import load_train_config
+    from lingvla.train.loop import NonFiniteLossError, train
+
+    # `lingvla train key=value ...` without a file: the first positional is an override.
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path:
+        overrides.insert(0, config_path)
+        config_path = None
+    config = load_train_config(config_path, overrides)
+    try:
+        summary = train(config, progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", flush=True)
+        return 3
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "4090": 165.0}
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from lingvla.data.synthetic import write_synthetic_dataset
+    from lingvla.train.config import load_train_config
+    from lingvla.train.flops import train_flops_per_sample
+    from lingvla.train.loop import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = write_synthetic_dataset(Path(tmp) / "data", num_episodes=4, episode_length=120,
+                                           image_hw=(224, 224))
+        overrides = [f"model.preset={args.preset}", f"batch_size={args.batch}", f"steps={args.steps}",
+                     f"output_dir={tmp}/run", f"data.num_workers={args.workers}", "save_every=1000000",
+                     "tensorboard=false", f"device={args.device}", "optim.warmup_steps=0"]
+        if args.image_size:
+            overrides.append(f"model.image_size={args.image_size}")
+        config = load_train_config(None, overrides + list(args.set))
+        config.data.datasets = [{"path": str(data_dir), "embodiment": "aloha"}]
+        summary = train(config, progress=False)
+        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    timed = records[args.warmup:] or records
+    step_s = np.array([r["data_s"] + r["forward_s"] + r["backward_s"] + r["optimizer_s"] for r in timed])
+    flops = train_flops_per_sample(config.model)
+    samples_per_s = config.batch_size / float(np.median(step_s))
+    device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    out = {"bench": "train", "preset": args.preset, "device": device, "batch": config.batch_size,
+           "image_size": config.model.image_size, "cameras": config.model.num_cameras,
+           "chunk": config.model.chunk_size, "steps_timed": len(timed), "workers": args.workers,
+           "samples_per_s": round(samples_per_s, 2), "step_ms_p50": round(float(np.median(step_s)) * 1000, 1)}
+    for key in ("data_s", "forward_s", "backward_s", "optimizer_s"):
+        out[key.replace("_s", "_ms")] = round(float(np.median([r[key] for r in timed])) * 1000, 1)
+    out["train_gflop_per_sample"] = round(flops["total"] / 1e9, 3)
+    out["achieved_tflops"] = round(samples_per_s * flops["total"] / 1e12, 4)
+    peak = args.peak_tflops
+    if device == "cuda":
+        out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if peak is None:
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    else:
+        out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if peak:
+        out["mfu"] = round(out["achieved_tflops"] / peak, 4)
+    out["final_loss"] = summary["final_loss"]
+    print(json.dumps(out), flush=True)
+    return 0

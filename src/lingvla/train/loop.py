@@ -1,0 +1,406 @@
+"""The training loop: one process, or data-parallel under torchrun with the same command.
+
+Exactness across process counts: every global micro-batch draws its flow noise and times from a
+generator keyed by (seed, step, micro-step) in global sample order, each rank takes its rows, and
+each rank's loss is weighted by its share of the real (unpadded) action entries. So a 2-process
+run computes the same gradients as a 1-process run on the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lingvla.train.checkpoint import (export_inference, full_state_dict, list_checkpoints,
+                                      load_checkpoint, save_checkpoint)
+from lingvla.train.config import TrainConfig
+from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
+    o = config.optim
+    if o.warmup_steps > 0 and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    span = max(1, config.steps - o.warmup_steps)
+    progress = min(1.0, (step - o.warmup_steps) / span)
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
+    """Freeze by config, and freeze the parameters no loss reaches (see unused_parameter_names)."""
+    o = config.optim
+    unused = set(model.unused_parameter_names())
+    for name, p in model.named_parameters():
+        if name in unused:
+            p.requires_grad_(False)
+        if o.freeze_vision and name.startswith("vision."):
+            p.requires_grad_(False)
+        if o.freeze_llm and (name.startswith("embed_tokens.") or name.startswith("vlm_norm.")
+                             or ".vlm." in name):
+            p.requires_grad_(False)
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by learning-rate multiplier. Call after parallelize():
+    FSDP replaces parameters, and the optimizer must hold the sharded ones."""
+    o = config.optim
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = 1.0
+        for pattern, value in o.lr_multipliers.items():
+            if pattern in name:
+                mult = float(value)
+        groups.setdefault(mult, []).append(p)
+    if not groups:
+        raise ValueError("every parameter is frozen: nothing to train")
+    return [{"params": ps, "lr": o.lr * m, "lr_mult": m} for m, ps in sorted(groups.items())]
+
+
+def real_entries(batch: dict) -> int:
+    return int((batch["action_dim_mask"][:, None, :] & ~batch["action_is_pad"][:, :, None]).sum())
+
+
+def step_noise(config: TrainConfig, step: int, micro: int, rows: slice | range, generator_shape):
+    """Noise [b, T, D] and times [b] of this rank's rows of one global micro-batch."""
+    from lingvla.model import flow
+
+    global_batch, chunk, dim = generator_shape
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1_009 + micro)
+    noise = torch.randn(global_batch, chunk, dim, generator=g)
+    m = config.model
+    t = flow.sample_time(global_batch, m.time_sampling, g, m.time_beta_alpha, m.time_beta_beta)
+    idx = torch.as_tensor(list(rows))
+    return noise[idx], t[idx]
+
+
+class MetricsWriter:
+    """metrics.jsonl + metrics.csv (+ TensorBoard when installed), main process only."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool):
+        self.jsonl = open(out_dir / "metrics.jsonl", "a")
+        self.csv_path = out_dir / "metrics.csv"
+        self.csv_keys: list[str] | None = None
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        keys = list(record)
+        if self.csv_keys is None:
+            self.csv_keys = keys
+            if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+                self.csv_path.write_text(",".join(keys) + "\n")
+        with open(self.csv_path, "a") as f:
+            f.write(",".join(str(record.get(k, "")) for k in self.csv_keys) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step = {}
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record  # the last word on a step wins (after a resume)
+    steps = sorted(by_step)
+    if not steps:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [by_step[s]["loss"] for s in steps], lw=1, label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [by_step[s]["lr"] for s in steps], color="tab:orange", lw=1, alpha=0.6, label="lr")
+    ax2.set_ylabel("learning rate")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distributed) -> Path:
+    """The norm_stats.json of this run: the given one, else computed from the datasets once."""
+    if config.data.norm_stats:
+        path = Path(config.data.norm_stats)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.norm_stats={path} does not exist; run `lingvla stats` first "
+                                    "or leave it empty to compute the stats at start")
+        return path
+    path = out_dir / "norm_stats.json"
+    if dist_info.is_main and not path.exists():
+        from lingvla.data.embodiments import load_registry
+        from lingvla.data.lerobot import LeRobotDataset
+        from lingvla.data.stats import compute_norm_stats, write_norm_stats
+
+        registry = load_registry(config.data.embodiment_paths or None)
+        by_embodiment: dict[str, list] = {}
+        for spec in config.data.datasets:
+            name = spec.get("embodiment")
+            if name is None:
+                found = registry.for_robot_type(LeRobotDataset(spec["path"]).robot_type)
+                if found is None:
+                    raise ValueError(f"dataset {spec['path']}: no embodiment given and its robot_type "
+                                     "matches none; set data.datasets[].embodiment")
+                name = found.name
+            by_embodiment.setdefault(name, []).append(spec["path"])
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        for name, paths in by_embodiment.items():
+            write_norm_stats(tmp, name, compute_norm_stats(paths, registry.get(name), registry=registry))
+        tmp.replace(path)
+    dist_info.barrier()
+    return path
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) a training run; returns a summary dict."""
+    from tqdm import tqdm
+
+    from lingvla.data.mixture import make_dataloader
+    from lingvla.model.policy import build_model
+
+    config.validate()
+    if not config.data.datasets:
+        raise ValueError("data.datasets is empty: give at least one {path: DATASET_DIR}")
+    device = resolve_device(config.device)
+    dist_info = init_distributed(device, config.parallel)
+    device = resolve_device(config.device, dist_info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = dist_info.world_size
+    micro_global = config.batch_size // config.grad_accum
+    if micro_global * config.grad_accum != config.batch_size or micro_global % world:
+        raise ValueError(f"batch_size={config.batch_size} must split into grad_accum={config.grad_accum} "
+                         f"micro-batches divisible by the {world} processes")
+    micro_local = micro_global // world
+    out_dir = Path(config.output_dir)
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save_yaml(out_dir / "train_config.yaml")
+    dist_info.barrier()
+    _seed_everything(config.seed)
+
+    model_config = config.model
+    if config.parallel.attn_backend != "auto":
+        model_config.attn_backend = config.parallel.attn_backend
+    elif device.type == "cuda":
+        model_config.attn_backend = "flex"
+    norm_path = prepare_norm_stats(config, out_dir, dist_info)
+
+    model = build_model(model_config)
+    tokenizer = model.prompt_tokenizer.tokenizer
+    model_config = model.config  # sizes may come from a pretrained VLM
+    model.to(device).train()
+    apply_freezing(model, config)
+    parallelize(model, config.parallel, dist_info, device)
+    groups = param_groups(model, config)
+    precision = resolve_precision(config.parallel, device)
+    autocast = (precision == "bf16" and dist_info.mesh is None)
+    o = config.optim
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  weight_decay=o.weight_decay)
+
+    loader = make_dataloader(
+        [{"root": d["path"], "embodiment": d.get("embodiment"), "weight": d.get("weight")}
+         for d in config.data.datasets],
+        batch_size=micro_local, norm_stats=str(norm_path), action_dim=model_config.action_dim,
+        chunk_size=model_config.chunk_size, image_size=model_config.image_size,
+        num_cameras=model_config.num_cameras, weights=config.data.weights, seed=config.seed,
+        num_workers=config.data.num_workers, rank=dist_info.rank, world_size=world,
+        on_bad_sample=config.data.on_bad_sample, normalization_mode=config.data.normalization,
+        embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda")
+
+    ckpt_root = out_dir / "checkpoints"
+    start_step = 0
+    existing = list_checkpoints(ckpt_root) if config.resume else []
+    if existing:
+        step_done, path = existing[-1]
+        extra = load_checkpoint(path, model, optimizer, dist_info)
+        loader.load_state_dict(extra["loader"])
+        _set_rng_state(extra["rng"])
+        start_step = extra["step"]
+        if dist_info.is_main:
+            print(f"resumed from {path} (step {start_step})", flush=True)
+
+    writer = MetricsWriter(out_dir, config.tensorboard) if dist_info.is_main else None
+    bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and dist_info.is_main),
+               desc="train", dynamic_ncols=True)
+    batches = iter(loader)
+    rows = range(dist_info.rank, micro_global, world)
+    shape = (micro_global, model_config.chunk_size, model_config.action_dim)
+    last_loss = float("nan")
+    last_saved = start_step if existing else None
+    run_start, samples_done = time.perf_counter(), 0
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def checkpoint(step: int) -> None:
+        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state()}
+        save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last)
+
+    try:
+        for step in range(start_step, config.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = o.lr * group["lr_mult"] * lr_factor(step, config)
+            t0 = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(config.grad_accum)]
+            t_data = time.perf_counter() - t0
+            total = torch.tensor(float(sum(real_entries(b) for b in micro_batches)))
+            total = dist_info.all_reduce_sum(total).item()
+            t_fwd = t_bwd = 0.0
+            weighted_loss = torch.zeros((), dtype=torch.float64)
+            for micro, batch in enumerate(micro_batches):
+                noise, t = step_noise(config, step, micro, rows, shape)
+                sync()
+                t1 = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, _ = model(batch, noise=noise.to(device), t=t.to(device))
+                share = real_entries(batch) / total
+                sync()
+                t2 = time.perf_counter()
+                (loss * share * world).backward()
+                sync()
+                t_fwd += t2 - t1
+                t_bwd += time.perf_counter() - t2
+                weighted_loss += loss.detach().double().cpu() * share
+            t3 = time.perf_counter()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            step_loss = dist_info.all_reduce_sum(weighted_loss.to(torch.float64)).item()
+            if not math.isfinite(step_loss) or not torch.isfinite(grad_norm).item():
+                optimizer.zero_grad(set_to_none=True)
+                where = f"the last good checkpoint is {ckpt_root}/step_{last_saved:08d}" if last_saved is not None \
+                    else "no checkpoint had been written yet"
+                raise NonFiniteLossError(f"non-finite loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
+                                         f"step {step + 1}; stopped without saving: {where}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            t_opt = time.perf_counter() - t3
+            last_loss = step_loss
+            samples_done += config.batch_size
+            step_time = t_data + t_fwd + t_bwd + t_opt
+            record = {"step": step + 1, "loss": step_loss, "lr": o.lr * lr_factor(step, config),
+                      "grad_norm": float(grad_norm), "samples_per_s": config.batch_size / step_time,
+                      "data_s": t_data, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": t_opt}
+            if writer is not None:
+                writer.write(record)
+            bar.update(1)
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
+                                sps=f"{samples_done / (time.perf_counter() - run_start):.1f}")
+            if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+                checkpoint(step + 1)
+                last_saved = step + 1
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    state = full_state_dict(model)
+    export_dir = out_dir / "export"
+    summary = {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir),
+               "export": str(export_dir), "world_size": world, "skipped_samples": loader.skipped,
+               "wall_s": round(time.perf_counter() - run_start, 2)}
+    if dist_info.is_main:
+        norm_stats = json.loads(Path(norm_path).read_text())
+        embodiments = _embodiment_specs(config, norm_stats)
+        export_inference(export_dir, state, model_config, tokenizer, norm_stats, embodiments,
+                         {"train_config": config.to_dict(), "summary": summary})
+        plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
+        if loader.skipped:
+            print(f"skipped {loader.skipped} bad samples; last reasons: {loader.skip_reasons[-3:]}", flush=True)
+    dist_info.barrier()
+    return summary
+
+
+def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
+    """The YAML specs of every embodiment in the stats, so an export is self-contained."""
+    from lingvla.data.embodiments import load_registry
+
+    registry = load_registry(config.data.embodiment_paths or None)
+    return {name: embodiment_spec(registry.get(name)) for name in norm_stats.get("norm_stats", {})}
+
+
+def embodiment_spec(emb) -> dict:
+    """An Embodiment back as the YAML mapping it was declared with."""
+    def fields(items):
+        out = []
+        for f in items:
+            spec = {"name": f.name, "column": f.column, "indices": list(f.indices)}
+            if f.offset is not None:
+                spec["offset"] = f.offset
+            out.append(spec)
+        return out
+
+    return {"description": emb.description, "status": emb.status, "robot_types": list(emb.robot_types),
+            "state": fields(emb.state), "action": fields(emb.action),
+            "cameras": {slot: list(keys) for slot, keys in emb.cameras.items()}}
