@@ -37,3 +37,34 @@ def tiny_model(seed=0, **overrides):
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
+
+
+def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodiment="aloha"):
+    """An inference directory exactly as training exports it, with a random tiny model and
+    made-up (but valid) normalization stats."""
+    import numpy as np
+
+    from lingvla.data.embodiments import get_embodiment
+    from lingvla.train.checkpoint import export_inference
+
+    model = tiny_model(seed, image_size=image_size)
+    emb = get_embodiment(embodiment)
+    rng = np.random.default_rng(seed)
+
+    def stats(dim):
+        lo = rng.uniform(-2.0, -0.5, dim)
+        hi = rng.uniform(0.5, 2.0, dim)
+        return {"q01": lo.tolist(), "q99": hi.tolist(), "mean": ((lo + hi) / 2).tolist(),
+                "std": ((hi - lo) / 4).tolist(), "min": (lo - 0.1).tolist(), "max": (hi + 0.1).tolist()}
+
+    norm_stats = {"norm_stats": {embodiment: {"state": stats(emb.state_dim), "action": stats(emb.action_dim)}},
+                  "count": 1000}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    export_inference(directory, state, model.config, model.prompt_tokenizer.tokenizer, norm_stats,
+                     {embodiment: emb.to_spec()}, {"train_config": {"data": {"normalization": "quantile"}}})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "export")

@@ -387,20 +387,4 @@ def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
     from lingvla.data.embodiments import load_registry
 
     registry = load_registry(config.data.embodiment_paths or None)
-    return {name: embodiment_spec(registry.get(name)) for name in norm_stats.get("norm_stats", {})}
-
-
-def embodiment_spec(emb) -> dict:
-    """An Embodiment back as the YAML mapping it was declared with."""
-    def fields(items):
-        out = []
-        for f in items:
-            spec = {"name": f.name, "column": f.column, "indices": list(f.indices)}
-            if f.offset is not None:
-                spec["offset"] = f.offset
-            out.append(spec)
-        return out
-
-    return {"description": emb.description, "status": emb.status, "robot_types": list(emb.robot_types),
-            "state": fields(emb.state), "action": fields(emb.action),
-            "cameras": {slot: list(keys) for slot, keys in emb.cameras.items()}}
+    return {name: registry.get(name).to_spec() for name in norm_stats.get("norm_stats", {})}

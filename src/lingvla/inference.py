@@ -1,0 +1,167 @@
+"""The inference object: one checkpoint directory in, robot-unit action chunks out.
+
+The policy server, the simulator's closed-loop evaluation and user code all call the same
+`Policy.infer`, so preprocessing (camera mapping, resize-with-pad, normalization, padding into the
+unified width) and postprocessing (cut to the robot's dims, un-normalize) exist once.
+
+    policy = Policy.from_checkpoint("runs/aloha/export")
+    out = policy.infer({"images": {"top": hwc_uint8, "left_wrist": ..., "right_wrist": ...},
+                        "state": np.float32[14], "prompt": "transfer the cube"})
+    out["actions"]  # float32 [50, 14], robot units
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, parse_embodiment
+from lingvla.data.normalize import Normalizer
+from lingvla.data.video import resize_with_pad
+from lingvla.model.policy import LingVLA
+
+IMAGE_PREFIX = "observation.images."
+
+
+class ObservationError(ValueError):
+    """An observation that does not fit the policy; the message names the field and the rule."""
+
+
+class Policy:
+    def __init__(self, model: LingVLA, normalizer: Normalizer, embodiment: Embodiment,
+                 num_steps: int | None = None):
+        self.model = model.eval()
+        self.normalizer = normalizer
+        self.embodiment = embodiment
+        self.config = model.config
+        self.num_steps = num_steps or self.config.num_steps
+        self.slots = CAMERA_SLOTS[:self.config.num_cameras]
+        width = self.config.action_dim
+        self.state_positions = embodiment.positions("state", width)
+        self.action_positions = embodiment.positions("action", width)
+        self.dim_mask = torch.from_numpy(embodiment.dim_mask(width))[None]
+        # Every name a client may use for a camera: the slot, the dataset key, its short form.
+        self.camera_names: dict[str, int] = {}
+        for i, slot in enumerate(self.slots):
+            self.camera_names[slot] = i
+            for key in embodiment.cameras.get(slot) or []:
+                self.camera_names[key] = i
+                if key.startswith(IMAGE_PREFIX):
+                    self.camera_names[key[len(IMAGE_PREFIX):]] = i
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, *, embodiment: str | None = None,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                        num_steps: int | None = None) -> "Policy":
+        """Load an inference directory (model.safetensors, config.yaml, norm_stats.json,
+        embodiments.yaml). `embodiment` picks the robot when the checkpoint knows several."""
+        import yaml
+
+        directory = Path(directory)
+        for name in ("norm_stats.json", "embodiments.yaml"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} is not an inference checkpoint: {name} is missing "
+                                        "(export one with `lingvla train`)")
+        specs = yaml.safe_load((directory / "embodiments.yaml").read_text()) or {}
+        if embodiment is None:
+            if len(specs) != 1:
+                raise ValueError(f"{directory} holds embodiments {sorted(specs)}; choose one with embodiment=")
+            embodiment = next(iter(specs))
+        if embodiment not in specs:
+            raise ValueError(f"embodiment {embodiment!r} is not in {directory} (it has {sorted(specs)})")
+        emb = parse_embodiment(embodiment, specs[embodiment], str(directory / "embodiments.yaml"))
+        mode = "quantile"
+        info_path = directory / "train_info.json"
+        if info_path.is_file():
+            mode = json.loads(info_path.read_text())["train_config"]["data"].get("normalization", mode)
+        normalizer = Normalizer.from_file(directory / "norm_stats.json", embodiment, mode=mode,
+                                          state_dim=emb.state_dim, action_dim=emb.action_dim)
+        model = LingVLA.from_pretrained(directory, device=device, dtype=dtype)
+        return cls(model, normalizer, emb, num_steps=num_steps)
+
+    @property
+    def metadata(self) -> dict:
+        """What a client needs to know; sent as the server's first frame."""
+        return {
+            "policy": "lingvla",
+            "embodiment": self.embodiment.name,
+            "state_dim": self.embodiment.state_dim,
+            "action_dim": self.embodiment.action_dim,
+            "action_horizon": self.config.chunk_size,
+            "num_steps": self.num_steps,
+            "image_size": self.config.image_size,
+            "cameras": {slot: sorted(n for n, i in self.camera_names.items() if i == k)
+                        for k, slot in enumerate(self.slots)},
+            "max_prompt_tokens": self.config.max_token_len,
+        }
+
+    # ------------------------------------------------------------------------- preprocessing
+    def _image(self, name: str, value) -> np.ndarray:
+        array = np.asarray(value)
+        if array.dtype != np.uint8:
+            raise ObservationError(f"images[{name!r}] must be uint8; got {array.dtype}")
+        if array.ndim != 3:
+            raise ObservationError(f"images[{name!r}] must be HxWx3 (or 3xHxW); got shape {array.shape}")
+        if array.shape[-1] != 3 and array.shape[0] == 3:
+            array = array.transpose(1, 2, 0)
+        if array.shape[-1] != 3 or min(array.shape[:2]) < 1:
+            raise ObservationError(f"images[{name!r}] must be HxWx3 (or 3xHxW); got shape {array.shape}")
+        return resize_with_pad(array, self.config.image_size).transpose(2, 0, 1)
+
+    def batch_from_obs(self, obs: dict) -> dict:
+        """One observation -> a batch-contract dict of size 1 (normalized, padded)."""
+        if not isinstance(obs, dict):
+            raise ObservationError(f"observation must be a dict; got {type(obs).__name__}")
+        missing = [k for k in ("images", "state", "prompt") if k not in obs]
+        if missing:
+            raise ObservationError(f"observation is missing {missing} (expected images, state, prompt)")
+        images = obs["images"]
+        if not isinstance(images, dict) or not images:
+            raise ObservationError("images must be a non-empty dict {camera name: uint8 image}")
+        size = self.config.image_size
+        pixels = np.zeros((1, len(self.slots), 3, size, size), dtype=np.uint8)
+        image_mask = np.zeros((1, len(self.slots)), dtype=bool)
+        for name, value in images.items():
+            slot = self.camera_names.get(name)
+            if slot is None:
+                raise ObservationError(f"unknown camera {name!r}; this policy takes "
+                                       f"{sorted(self.camera_names)}")
+            if image_mask[0, slot]:
+                raise ObservationError(f"camera {name!r} fills slot {self.slots[slot]!r}, already given")
+            pixels[0, slot] = self._image(name, value)
+            image_mask[0, slot] = True
+        state = np.asarray(obs["state"])
+        if state.dtype.kind not in "fiu":
+            raise ObservationError(f"state must be numeric; got dtype {state.dtype}")
+        state = state.astype(np.float32).reshape(-1)
+        if state.shape[0] != self.embodiment.state_dim:
+            raise ObservationError(f"state has {state.shape[0]} values; embodiment "
+                                   f"{self.embodiment.name!r} has state_dim={self.embodiment.state_dim}")
+        if not np.isfinite(state).all():
+            raise ObservationError(f"state contains NaN or inf at dims {np.flatnonzero(~np.isfinite(state)).tolist()}")
+        prompt = obs["prompt"]
+        if not isinstance(prompt, str):
+            raise ObservationError(f"prompt must be a str; got {type(prompt).__name__}")
+        unified = self.embodiment.pack("state", self.normalizer.normalize_state(state), self.config.action_dim)
+        return {"images": torch.from_numpy(pixels), "image_mask": torch.from_numpy(image_mask),
+                "prompt": [prompt], "state": torch.from_numpy(unified.astype(np.float32))[None],
+                "action_dim_mask": self.dim_mask.clone()}
+
+    def actions_from_model(self, chunk: torch.Tensor) -> np.ndarray:
+        """Model output [chunk, action_dim] (normalized, unified) -> robot units [chunk, dim]."""
+        robot = self.embodiment.unpack("action", chunk.float().cpu().numpy(), self.config.action_dim)
+        return np.asarray(self.normalizer.unnormalize_action(robot), dtype=np.float32)
+
+    # ---------------------------------------------------------------------------------- infer
+    @torch.no_grad()
+    def infer(self, obs: dict, *, noise: torch.Tensor | None = None) -> dict:
+        """-> {"actions": float32 [chunk_size, action_dim]} in the robot's own units."""
+        batch = self.batch_from_obs(obs)
+        try:
+            chunk = self.model.sample_actions(batch, noise=noise, num_steps=self.num_steps)
+        except ValueError as err:  # e.g. a prompt over the token budget
+            raise ObservationError(str(err)) from err
+        return {"actions": self.actions_from_model(chunk[0])}
