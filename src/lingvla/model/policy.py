@@ -255,6 +255,36 @@ class LingVLA(nn.Module):
         return loss, {"loss": loss.detach(), "t_mean": t.float().mean().detach()}
 
     # ---------------------------------------------------------------------------- inference
+    def velocity_fn(self, batch: dict, use_cache: bool = True):
+        """The denoiser of one batch: a function (x [B, T, D], t [B]) -> velocity [B, T, D].
+
+        With use_cache the prefix is run once here (without gradients) and every call runs only the
+        expert over the suffix against its cached K/V; without, every call reruns the joint model.
+        Calls track gradients if the caller enables them (inference-time guidance needs dv/dx).
+        """
+        inputs = self.prepare(batch, train=False)
+        with torch.no_grad():
+            prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
+                                                     inputs["tokens"], inputs["token_mask"])
+            cache = self.fill_prefix_cache(prefix, prefix_valid) if use_cache else None
+            plan = self.plan_suffix(prefix_valid, 1 + self.config.chunk_size) if use_cache else None
+        state, dim_mask = inputs["state"], inputs["action_dim_mask"]
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            suffix, cond = self.embed_suffix(state, x, t, dim_mask)
+            if use_cache:
+                out = self.forward_suffix(cache, plan, suffix, cond)
+            else:
+                out = self.forward_joint(prefix, prefix_valid, suffix, cond)[1]
+            return self.velocity_from_suffix(out)
+
+        return velocity
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        c = self.config
+        return torch.randn((batch_size, c.chunk_size, c.action_dim), generator=generator,
+                           device=self.device, dtype=self.dtype)
+
     @torch.no_grad()
     def sample_actions(self, batch: dict, noise: torch.Tensor | None = None,
                        num_steps: int | None = None, use_cache: bool = True,
@@ -265,29 +295,11 @@ class LingVLA(nn.Module):
         suffix tokens against the cached K/V; False reruns the whole joint model every step
         (the reference the cache is tested against).
         """
-        inputs = self.prepare(batch, train=False)
-        c = self.config
-        b = inputs["state"].shape[0]
+        velocity = self.velocity_fn(batch, use_cache=use_cache)
         if noise is None:
-            noise = torch.randn((b, c.chunk_size, c.action_dim), generator=generator,
-                                device=self.device, dtype=self.dtype)
+            noise = self.initial_noise(len(batch["prompt"]), generator)
         noise = noise.to(self.device, self.dtype)
-        prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
-                                                 inputs["tokens"], inputs["token_mask"])
-        state, dim_mask = inputs["state"], inputs["action_dim_mask"]
-        if use_cache:
-            cache = self.fill_prefix_cache(prefix, prefix_valid)
-            plan = self.plan_suffix(prefix_valid, 1 + c.chunk_size)
-
-            def velocity(x, t):
-                suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-                return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond))
-        else:
-            def velocity(x, t):
-                suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-                return self.velocity_from_suffix(self.forward_joint(prefix, prefix_valid, suffix, cond)[1])
-
-        return flow.euler_sample(velocity, noise, num_steps or c.num_steps)
+        return flow.euler_sample(velocity, noise, num_steps or self.config.num_steps)
 
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | Path) -> Path:
