@@ -12,12 +12,12 @@ from lingvla.model.policy import LingVLA
 def joint_outputs(model, batch, noise, t):
     inputs = model.prepare(batch, train=True)
     x_t = flow.interpolate(inputs["actions"], noise, t)
-    prefix, valid = model.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
-                                       inputs["token_mask"])
+    prefix = model.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
+                                inputs["token_mask"])
     suffix, cond = model.embed_suffix(inputs["state"], x_t, t, inputs["action_dim_mask"])
     with torch.no_grad():
-        prefix_out, suffix_out = model.forward_joint(prefix, valid, suffix, cond)
-    return prefix_out, suffix_out, valid
+        prefix_out, suffix_out = model.forward_joint(prefix, suffix, cond)
+    return prefix_out, suffix_out, prefix.valid
 
 
 def fixed_noise(model, batch, seed=5):

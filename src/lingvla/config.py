@@ -57,10 +57,29 @@ class ExpertConfig:
 
 
 @dataclass
+class DepthConfig:
+    """Depth distillation: learnable queries inside the VLM aligned to a depth teacher's tokens.
+
+    `num_latents` learnable embeddings (LLM width) are mean-pooled in groups into `num_queries`
+    query tokens inserted after each camera's image tokens; a one-layer Perceiver resampler with
+    the embeddings as latents reads each camera's final [image + query] states and projects to the
+    teacher's width. Off: no parameters, no tokens, no cost.
+    """
+
+    enabled: bool = False
+    num_latents: int = 256
+    num_queries: int = 8
+    teacher_dim: int = 1024
+    head_heads: int = 8
+    loss_weight: float = 0.003
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
     # Unified, padded state/action width; the robot's real dims are selected by action_dim_mask.
     action_dim: int = 75
     chunk_size: int = 50
@@ -88,7 +107,8 @@ class ModelConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        for name, cls in (("vision", VisionConfig), ("llm", LLMConfig), ("expert", ExpertConfig)):
+        for name, cls in (("vision", VisionConfig), ("llm", LLMConfig), ("expert", ExpertConfig),
+                          ("depth", DepthConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value))
@@ -108,6 +128,10 @@ class ModelConfig:
             raise ValueError("llm.hidden_size must be divisible by llm.num_heads")
         if self.llm.num_heads % self.llm.num_kv_heads:
             raise ValueError("llm.num_heads must be divisible by llm.num_kv_heads")
+        d = self.depth
+        if d.enabled and (d.num_latents % d.num_queries or self.llm.hidden_size % d.head_heads):
+            raise ValueError(f"depth.num_latents={d.num_latents} must be a multiple of depth.num_queries="
+                             f"{d.num_queries}, and llm.hidden_size of depth.head_heads={d.head_heads}")
         if self.expert.hidden_size % 2:
             raise ValueError("expert.hidden_size must be even (sin/cos time embedding)")
         for name, value, allowed in (("time_sampling", self.time_sampling, ("beta", "uniform")),
@@ -187,18 +211,27 @@ def tiny_config(**overrides: Any) -> ModelConfig:
         llm=LLMConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                       intermediate_size=128, vocab_size=TINY_VOCAB_SIZE, rms_norm_eps=1e-6),
         expert=ExpertConfig(hidden_size=32, intermediate_size=64),
+        depth=DepthConfig(num_latents=16, num_queries=4, teacher_dim=32, head_heads=2),
         action_dim=32,
         tokenizer="tiny",
     )
-    base.update(overrides)
-    return ModelConfig(**base)
+    return ModelConfig(**_merge(base, overrides))
 
 
 def lingbot_4b_config(**overrides: Any) -> ModelConfig:
     """The released LingBot-VLA 4B sizes (Qwen2.5-VL-3B + 768-wide expert, unified width 75)."""
-    base: dict[str, Any] = dict(tokenizer=None)
-    base.update(overrides)
-    return ModelConfig(**base)
+    return ModelConfig(**_merge(dict(tokenizer=None), overrides))
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win; a dict given for a section updates that section's fields only."""
+    out = dict(base)
+    for key, value in overrides.items():
+        current = out.get(key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = dataclasses.replace(current, **value)
+        out[key] = value
+    return out
 
 
 PRESETS = {"tiny": tiny_config, "lingbot-4b": lingbot_4b_config}

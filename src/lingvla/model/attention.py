@@ -4,6 +4,11 @@ Every token carries a block id: prefix (images + text) 0, state 1, actions 2. Qu
 k iff block(k) <= block(q) and k is a valid token. So the prefix is bidirectional and never sees the
 suffix, the state token sees the prefix and itself, the action tokens see everything and each other.
 
+Depth queries (when depth distillation is on) add one rule on top: a camera-i query sees only
+camera-i image tokens and camera-i queries; other prefix tokens (images, text) never see queries;
+state and action tokens see them like any prefix token. Tokens carry `kind` (0 ordinary, 1 depth
+query) and `cam` (camera index of image tokens and queries, -1 otherwise) for this.
+
 Backends:
   sdpa - a dense boolean mask [B, 1, Lq, Lk] for torch's scaled_dot_product_attention (any device).
   flex - a FlexAttention BlockMask built from the same rule (CUDA; fused only under torch.compile,
@@ -20,11 +25,35 @@ import torch.nn.functional as F
 PREFIX_BLOCK = 0
 STATE_BLOCK = 1
 ACTION_BLOCK = 2
+ORDINARY = 0
+DEPTH_QUERY = 1
 
 
-def dense_mask(block_q: torch.Tensor, block_k: torch.Tensor, valid_k: torch.Tensor) -> torch.Tensor:
+@dataclass
+class QueryGroups:
+    """Per-position token kinds and cameras of the query and key sequences ([Lq], [Lk])."""
+
+    kind_q: torch.Tensor
+    cam_q: torch.Tensor
+    kind_k: torch.Tensor
+    cam_k: torch.Tensor
+
+
+def _query_rule(block_q, kind_q, cam_q, kind_k, cam_k):
+    """The depth-query restriction (broadcasting): True where the base rule alone decides."""
+    own_camera = cam_k == cam_q  # text and suffix have cam -1, never a camera's index
+    prefix_row = block_q == PREFIX_BLOCK
+    return torch.where(kind_q == DEPTH_QUERY, own_camera, ~prefix_row | (kind_k != DEPTH_QUERY))
+
+
+def dense_mask(block_q: torch.Tensor, block_k: torch.Tensor, valid_k: torch.Tensor,
+               groups: QueryGroups | None = None) -> torch.Tensor:
     """block_q [B, Lq], block_k [B, Lk], valid_k bool [B, Lk] -> allowed bool [B, 1, Lq, Lk]."""
     allowed = (block_k[:, None, :] <= block_q[:, :, None]) & valid_k[:, None, :]
+    if groups is not None:
+        allowed = allowed & _query_rule(block_q[:, :, None], groups.kind_q[None, :, None],
+                                        groups.cam_q[None, :, None], groups.kind_k[None, None, :],
+                                        groups.cam_k[None, None, :])
     return allowed[:, None]
 
 
@@ -38,14 +67,20 @@ class AttentionMask:
 
 
 def build_mask(block_q: torch.Tensor, block_k: torch.Tensor, valid_k: torch.Tensor,
-               backend: str) -> AttentionMask:
+               backend: str, groups: QueryGroups | None = None) -> AttentionMask:
     if backend == "sdpa":
-        return AttentionMask("sdpa", dense=dense_mask(block_q, block_k, valid_k))
+        return AttentionMask("sdpa", dense=dense_mask(block_q, block_k, valid_k, groups))
     if backend == "flex":
         from torch.nn.attention.flex_attention import create_block_mask
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return valid_k[b, kv_idx] & (block_k[b, kv_idx] <= block_q[b, q_idx])
+        if groups is None:
+            def mask_mod(b, h, q_idx, kv_idx):
+                return valid_k[b, kv_idx] & (block_k[b, kv_idx] <= block_q[b, q_idx])
+        else:
+            def mask_mod(b, h, q_idx, kv_idx):
+                base = valid_k[b, kv_idx] & (block_k[b, kv_idx] <= block_q[b, q_idx])
+                return base & _query_rule(block_q[b, q_idx], groups.kind_q[q_idx], groups.cam_q[q_idx],
+                                          groups.kind_k[kv_idx], groups.cam_k[kv_idx])
 
         batch, q_len = block_q.shape
         block_mask = create_block_mask(mask_mod, batch, None, q_len, block_k.shape[1],

@@ -9,6 +9,7 @@ chunk_size action tokens]. Works in the normalized, padded action space of the b
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +19,10 @@ from torch import nn
 from lingvla.batch import check_batch
 from lingvla.config import ModelConfig
 from lingvla.model import flow
-from lingvla.model.attention import ACTION_BLOCK, PREFIX_BLOCK, STATE_BLOCK, build_mask
+from lingvla.model.attention import (ACTION_BLOCK, DEPTH_QUERY, ORDINARY, PREFIX_BLOCK, STATE_BLOCK,
+                                     QueryGroups, build_mask)
 from lingvla.model.backbone import ImageEncoder, VLMParts, build_vlm, config_from_pretrained, load_vlm
+from lingvla.model.depth import DepthAlignHead, depth_loss, pooled_queries
 from lingvla.model.expert import ExpertLayer, RMSNorm, time_embedding
 from lingvla.model.mot import MoTLayer, rope_cos_sin
 from lingvla.model.tokenizer import PromptTokenizer, load_tokenizer
@@ -29,6 +32,33 @@ CONFIG_NAME = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 
 PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Prefix:
+    """The embedded prefix and its layout.
+
+    tokens [B, L, H]; valid bool [B, L]; kind [L] (ordinary / depth query) and cam [L] (camera of
+    image tokens and depth queries, -1 for text), both the same for every sample. Depth queries
+    take no position of their own (they reuse the previous token's), so the image and text
+    numbering is that of the model without depth.
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    kind: torch.Tensor
+    cam: torch.Tensor
+    has_queries: bool
+
+    @property
+    def positions(self) -> torch.Tensor:
+        counted = self.valid & (self.kind == ORDINARY)[None]
+        return (counted.long().cumsum(1) - 1).clamp(min=0)
+
+    @property
+    def num_positions(self) -> torch.Tensor:
+        """[B, 1]: positions used, where the suffix's numbering starts."""
+        return (self.valid & (self.kind == ORDINARY)[None]).long().sum(1, keepdim=True)
 
 
 @contextlib.contextmanager
@@ -72,6 +102,10 @@ class LingVLA(nn.Module):
         self.action_out_proj = nn.Linear(hidden, d)
         self.action_time_mlp_in = nn.Linear(2 * hidden, hidden)
         self.action_time_mlp_out = nn.Linear(hidden, hidden)
+        depth = config.depth
+        if depth.enabled:
+            self.depth_embeddings = nn.Parameter(torch.empty(depth.num_latents, llm.hidden_size))
+            self.depth_align_head = DepthAlignHead(llm.hidden_size, depth.teacher_dim, depth.head_heads)
         self._init_own_weights()
         if tokenizer is None:
             tokenizer = load_tokenizer(config.tokenizer or config.vlm_path)
@@ -91,12 +125,16 @@ class LingVLA(nn.Module):
         for layer in self.layers:
             layer.expert.input_layernorm.reset_parameters()
             layer.expert.post_attention_layernorm.reset_parameters()
+        if self.config.depth.enabled:
+            nn.init.normal_(self.depth_embeddings, std=self.config.initializer_range)
 
     def unused_parameter_names(self) -> list[str]:
         """Parameters the action loss cannot reach: in the last layer the suffix reads only the
         prefix's keys and values, so the VLM stream's queries, o_proj, post-attention norm and MLP
         there, and its final norm, feed nothing. The trainer freezes them (no gradients, no
-        optimizer state)."""
+        optimizer state). With depth distillation on, the depth head reads those states: none."""
+        if self.config.depth.enabled:
+            return []
         last = len(self.layers) - 1
         vlm = self.layers[last].vlm
         names = [f"layers.{last}.vlm.{n}" for n, _ in vlm.named_parameters()
@@ -119,7 +157,8 @@ class LingVLA(nn.Module):
                     action_dim=c.action_dim, chunk_size=c.chunk_size if train else None, train=train)
         tokens, token_mask = self.prompt_tokenizer(list(batch["prompt"]))
         out = {"tokens": tokens, "token_mask": token_mask}
-        for key in ("images", "image_mask", "state", "actions", "action_dim_mask", "action_is_pad"):
+        for key in ("images", "image_mask", "state", "actions", "action_dim_mask", "action_is_pad",
+                    "depth_targets"):
             if key in batch:
                 out[key] = batch[key]
         out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
@@ -132,13 +171,30 @@ class LingVLA(nn.Module):
         return out
 
     def embed_prefix(self, images: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor,
-                     token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> prefix [B, C*n + Lt, Hv], prefix_valid bool [B, C*n + Lt]."""
+                     token_mask: torch.Tensor) -> Prefix:
+        """[camera 1 tokens (+ depth queries), camera 2 ..., prompt tokens] -> Prefix."""
+        c = self.config
+        n = c.tokens_per_image
         image_tokens = self.vision(images)
-        image_valid = image_mask.repeat_interleave(self.config.tokens_per_image, dim=1)
         text = self.embed_tokens(tokens)
-        prefix = torch.cat([image_tokens.to(text.dtype), text], dim=1)
-        return prefix, torch.cat([image_valid, token_mask], dim=1)
+        b, cams = image_mask.shape
+        image_tokens = image_tokens.to(text.dtype).view(b, cams, n, -1)
+        image_valid = image_mask[:, :, None].expand(b, cams, n)
+        device = image_mask.device
+        if c.depth.enabled:
+            q = c.depth.num_queries
+            queries = pooled_queries(self.depth_embeddings, q).to(text.dtype)
+            image_tokens = torch.cat([image_tokens, queries[None, None].expand(b, cams, q, -1)], dim=2)
+            image_valid = image_mask[:, :, None].expand(b, cams, n + q)
+            per_cam = torch.cat([torch.full((n,), ORDINARY), torch.full((q,), DEPTH_QUERY)])
+        else:
+            per_cam = torch.full((n,), ORDINARY)
+        kind = torch.cat([per_cam.repeat(cams), torch.full((tokens.shape[1],), ORDINARY)]).to(device)
+        cam = torch.cat([torch.arange(cams).repeat_interleave(len(per_cam)),
+                         torch.full((tokens.shape[1],), -1)]).to(device)
+        prefix = torch.cat([image_tokens.flatten(1, 2), text], dim=1)
+        valid = torch.cat([image_valid.flatten(1, 2), token_mask], dim=1)
+        return Prefix(prefix, valid, kind, cam, c.depth.enabled)
 
     def embed_suffix(self, state: torch.Tensor, noisy_actions: torch.Tensor, t: torch.Tensor,
                      dim_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,48 +224,55 @@ class LingVLA(nn.Module):
         return rope_cos_sin(positions, self.config.llm.head_dim, self.config.rope_theta, self.dtype)
 
     # ------------------------------------------------------------------------------- forwards
-    def forward_joint(self, prefix: torch.Tensor, prefix_valid: torch.Tensor, suffix: torch.Tensor,
+    def forward_joint(self, prefix: Prefix, suffix: torch.Tensor,
                       cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over [prefix | suffix] with the blockwise mask -> final hidden states of both
         streams (VLM stream before its final norm; expert stream after its final norm)."""
-        b, lp = prefix_valid.shape
-        suffix_blocks = self._suffix_blocks(b, suffix.shape[1])
-        blocks = torch.cat([torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long),
+        b, ls = suffix.shape[:2]
+        suffix_blocks = self._suffix_blocks(b, ls)
+        blocks = torch.cat([torch.full_like(prefix.valid, PREFIX_BLOCK, dtype=torch.long),
                             suffix_blocks], dim=1)
-        valid = torch.cat([prefix_valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
-        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-        mask = build_mask(blocks, blocks, valid, self.config.attn_backend)
+        valid = torch.cat([prefix.valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
+        positions = torch.cat([prefix.positions, prefix.num_positions + torch.arange(ls, device=self.device)], 1)
+        groups = None
+        if prefix.has_queries:
+            kind = torch.cat([prefix.kind, torch.full((ls,), ORDINARY, device=self.device)])
+            cam = torch.cat([prefix.cam, torch.full((ls,), -1, device=self.device)])
+            groups = QueryGroups(kind, cam, kind, cam)
+        mask = build_mask(blocks, blocks, valid, self.config.attn_backend, groups)
         cos, sin = self._rope(positions)
+        tokens = prefix.tokens
         for layer in self.layers:
-            prefix, suffix, _ = layer(prefix, suffix, cond, cos, sin, mask)
-        return prefix, self.expert_norm(suffix)
+            tokens, suffix, _ = layer(tokens, suffix, cond, cos, sin, mask)
+        return tokens, self.expert_norm(suffix)
 
-    def fill_prefix_cache(self, prefix: torch.Tensor, prefix_valid: torch.Tensor) -> PrefixCache:
+    def fill_prefix_cache(self, prefix: Prefix) -> PrefixCache:
         """Run the VLM stream alone over the prefix; return each layer's post-RoPE K/V."""
-        blocks = torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long)
-        positions = (prefix_valid.long().cumsum(1) - 1).clamp(min=0)
-        mask = build_mask(blocks, blocks, prefix_valid, self.config.attn_backend)
-        cos, sin = self._rope(positions)
+        blocks = torch.full_like(prefix.valid, PREFIX_BLOCK, dtype=torch.long)
+        groups = QueryGroups(prefix.kind, prefix.cam, prefix.kind, prefix.cam) if prefix.has_queries else None
+        mask = build_mask(blocks, blocks, prefix.valid, self.config.attn_backend, groups)
+        cos, sin = self._rope(prefix.positions)
         cache: PrefixCache = []
+        tokens = prefix.tokens
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             # The last layer's prefix output is never read: only its K/V are needed.
-            out, _, kv = layer(prefix, None, None, cos, sin, mask)
+            out, _, kv = layer(tokens, None, None, cos, sin, mask)
             cache.append(kv)
             if i < last:
-                prefix = out
+                tokens = out
         return cache
 
-    def plan_suffix(self, prefix_valid: torch.Tensor, length: int):
+    def plan_suffix(self, prefix: Prefix, length: int):
         """Mask and RoPE tables for suffix-only passes against a cached prefix (the same for
-        every denoising step, so built once per chunk)."""
-        b = prefix_valid.shape[0]
+        every denoising step, so built once per chunk). Suffix rows see every valid prefix token,
+        depth queries included, so the plain block rule is the whole rule here."""
+        b = prefix.valid.shape[0]
         suffix_blocks = self._suffix_blocks(b, length)
-        blocks_k = torch.cat([torch.full_like(prefix_valid, PREFIX_BLOCK, dtype=torch.long),
+        blocks_k = torch.cat([torch.full_like(prefix.valid, PREFIX_BLOCK, dtype=torch.long),
                               suffix_blocks], dim=1)
-        valid_k = torch.cat([prefix_valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
-        start = prefix_valid.long().sum(1, keepdim=True)
-        positions = start + torch.arange(length, device=self.device)[None]
+        valid_k = torch.cat([prefix.valid, torch.ones_like(suffix_blocks, dtype=torch.bool)], dim=1)
+        positions = prefix.num_positions + torch.arange(length, device=self.device)[None]
         mask = build_mask(suffix_blocks, blocks_k, valid_k, self.config.attn_backend)
         return (mask, *self._rope(positions))
 
@@ -220,6 +283,17 @@ class LingVLA(nn.Module):
         for layer, kv in zip(self.layers, cache):
             _, suffix, _ = layer(None, suffix, cond, cos, sin, mask, prefix_kv=kv)
         return self.expert_norm(suffix)
+
+    def depth_predictions(self, prefix: Prefix, prefix_out: torch.Tensor) -> torch.Tensor:
+        """Final VLM states of each camera's [image tokens + queries] -> [B, C, N, teacher_dim]."""
+        c = self.config
+        per_cam = c.tokens_per_image + c.depth.num_queries
+        cams = c.num_cameras
+        states = self.vlm_norm(prefix_out[:, :cams * per_cam])
+        b = states.shape[0]
+        context = states.reshape(b * cams, per_cam, -1)
+        pred = self.depth_align_head(self.depth_embeddings, context)
+        return pred.view(b, cams, c.depth.num_latents, -1)
 
     def velocity_from_suffix(self, suffix_out: torch.Tensor) -> torch.Tensor:
         return self.action_out_proj(suffix_out[:, 1:])
@@ -245,14 +319,25 @@ class LingVLA(nn.Module):
                                  device=self.device)
         x_t = flow.interpolate(actions, noise, t)
         target = flow.target_velocity(actions, noise)
-        prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
-                                                 inputs["tokens"], inputs["token_mask"])
+        prefix = self.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
+                                   inputs["token_mask"])
         suffix, cond = self.embed_suffix(inputs["state"], x_t, t, inputs["action_dim_mask"])
-        _, suffix_out = self.forward_joint(prefix, prefix_valid, suffix, cond)
+        prefix_out, suffix_out = self.forward_joint(prefix, suffix, cond)
         pred = self.velocity_from_suffix(suffix_out)
-        loss = flow.masked_loss(pred, target, inputs["action_dim_mask"], inputs["action_is_pad"],
-                                self.config.loss)
-        return loss, {"loss": loss.detach(), "t_mean": t.float().mean().detach()}
+        action_loss = flow.masked_loss(pred, target, inputs["action_dim_mask"], inputs["action_is_pad"],
+                                       self.config.loss)
+        info = {"action_loss": action_loss.detach(), "t_mean": t.float().mean().detach()}
+        loss = action_loss
+        if self.config.depth.enabled:
+            if "depth_targets" not in inputs:
+                raise ValueError("depth.enabled but the batch has no depth_targets: give a depth teacher "
+                                 "(training) or precomputed targets")
+            d_loss = depth_loss(self.depth_predictions(prefix, prefix_out), inputs["depth_targets"],
+                                inputs["image_mask"])
+            loss = loss + self.config.depth.loss_weight * d_loss
+            info["depth_loss"] = d_loss.detach()
+        info["loss"] = loss.detach()
+        return loss, info
 
     # ---------------------------------------------------------------------------- inference
     def velocity_fn(self, batch: dict, use_cache: bool = True):
@@ -264,10 +349,10 @@ class LingVLA(nn.Module):
         """
         inputs = self.prepare(batch, train=False)
         with torch.no_grad():
-            prefix, prefix_valid = self.embed_prefix(inputs["images"], inputs["image_mask"],
-                                                     inputs["tokens"], inputs["token_mask"])
-            cache = self.fill_prefix_cache(prefix, prefix_valid) if use_cache else None
-            plan = self.plan_suffix(prefix_valid, 1 + self.config.chunk_size) if use_cache else None
+            prefix = self.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
+                                       inputs["token_mask"])
+            cache = self.fill_prefix_cache(prefix) if use_cache else None
+            plan = self.plan_suffix(prefix, 1 + self.config.chunk_size) if use_cache else None
         state, dim_mask = inputs["state"], inputs["action_dim_mask"]
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -275,7 +360,7 @@ class LingVLA(nn.Module):
             if use_cache:
                 out = self.forward_suffix(cache, plan, suffix, cond)
             else:
-                out = self.forward_joint(prefix, prefix_valid, suffix, cond)[1]
+                out = self.forward_joint(prefix, suffix, cond)[1]
             return self.velocity_from_suffix(out)
 
         return velocity
