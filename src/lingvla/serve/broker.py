@@ -1,0 +1,222 @@
+"""The client-side action broker: one action per control tick out of a stream of action chunks.
+
+    broker = ActionBroker(policy_source(policy), mode="rtc", execute_horizon=25, delay=5)
+    while True:
+        robot.apply(broker.act(robot.observe()))
+
+Time is counted in control ticks. A chunk requested at tick k is computed from the observation of
+tick k, so its step i is meant for tick k + i; it becomes usable `delay` ticks later (the inference
+delay d, in ticks). A new chunk is requested every `execute_horizon` ticks (s). Modes:
+
+- "chunk": execute the newest usable chunk (with d > 0 this is naive asynchronous chunking: the
+  switch to a freshly sampled chunk can jump).
+- "ensemble": ACT's temporal ensembling: average every usable chunk that covers the tick with
+  weights exp(-m * i), i = 0 for the oldest (m = `ensemble_decay`; m > 0 favours older chunks, as
+  ACT does, m < 0 newer ones).
+- "rtc": real-time chunking. The request carries the current chunk's remaining actions and d
+  (`prefix_actions`, `prefix_delay`) and the policy samples a continuation (lingvla.serve.rtc); the
+  broker then executes the new chunk from step d, exactly as in "chunk" mode.
+
+With `asynchronous=True` the request runs in a background thread while the robot keeps acting; the
+switch still happens exactly d ticks after the request (the broker waits if the chunk is late and
+counts a stall), so the executed stream is the same as with `asynchronous=False`, which computes
+the chunk at once and holds it back d ticks (a simulated delay). The first chunk (and any gap) is
+fetched synchronously.
+
+A chunk source is `source(obs, prefix_actions | None, prefix_delay) -> float [T, dim]`;
+`as_source` makes one from a `lingvla.inference.Policy`, an openpi-style client (`.infer(obs)`,
+e.g. openpi_client's WebsocketClientPolicy against `lingvla serve`) or a plain callable.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+MODES = ("chunk", "ensemble", "rtc")
+
+
+def policy_source(policy, rtc=None):
+    """A source over a local `lingvla.inference.Policy` (rtc: an RTCConfig for its sampler)."""
+
+    def source(obs, prefix_actions=None, prefix_delay=0):
+        if prefix_actions is None:
+            return policy.infer(obs)["actions"]
+        return policy.infer(obs, prefix_actions=prefix_actions, prefix_delay=prefix_delay, rtc=rtc)["actions"]
+
+    return source
+
+
+def client_source(client, rtc_method: str | None = None):
+    """A source over a remote policy (`client.infer(obs) -> {"actions": ...}`): the RTC inputs
+    travel as the observation keys `prefix_actions` / `prefix_delay` (and `rtc_method`)."""
+
+    def source(obs, prefix_actions=None, prefix_delay=0):
+        if prefix_actions is not None:
+            obs = dict(obs, prefix_actions=np.asarray(prefix_actions, dtype=np.float32),
+                       prefix_delay=int(prefix_delay))
+            if rtc_method is not None:
+                obs["rtc_method"] = rtc_method
+        return client.infer(obs)["actions"]
+
+    return source
+
+
+def as_source(obj, rtc=None):
+    from lingvla.inference import Policy
+
+    if isinstance(obj, Policy):
+        return policy_source(obj, rtc)
+    if hasattr(obj, "infer"):
+        return client_source(obj, getattr(rtc, "method", None))
+    if callable(obj):
+        return obj
+    raise TypeError(f"cannot get action chunks from a {type(obj).__name__}")
+
+
+@dataclass
+class _Chunk:
+    start: int  # the tick of the observation it was computed from = the tick of its step 0
+    available: int  # first tick it may drive the robot
+    actions: np.ndarray | None = None
+    future: Future | None = None
+
+
+class ActionBroker:
+    def __init__(self, source, *, mode: str = "chunk", execute_horizon: int | None = None,
+                 delay: int = 0, ensemble_decay: float = 0.01, asynchronous: bool = False,
+                 chunk_size: int | None = None, rtc=None):
+        if mode not in MODES:
+            raise ValueError(f"unknown broker mode {mode!r}; expected one of {MODES}")
+        if execute_horizon is not None and execute_horizon < 1:
+            raise ValueError(f"execute_horizon must be >= 1; got {execute_horizon}")
+        if delay < 0 or (execute_horizon is not None and delay > execute_horizon):
+            raise ValueError(f"delay must be in [0, execute_horizon]: one request in flight at a time; "
+                             f"got delay={delay}, execute_horizon={execute_horizon}")
+        self.source = as_source(source, rtc)
+        self.mode, self.delay, self.ensemble_decay = mode, int(delay), float(ensemble_decay)
+        self.execute_horizon = execute_horizon
+        self.chunk_size = chunk_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lingvla-broker") \
+            if asynchronous else None
+        self.reset()
+
+    # ------------------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget all chunks (a new episode); waits for a request still in flight."""
+        pending = getattr(self, "_pending", None)
+        if pending is not None and pending.future is not None:
+            pending.future.exception()
+        self.tick = 0
+        self._chunks: list[_Chunk] = []
+        self._pending: _Chunk | None = None
+        self._next_request = 0
+        self.actions: list[np.ndarray] = []  # every action returned, in order
+        self.switches: list[int] = []  # ticks at which a new chunk started to drive the robot
+        self.latencies_ms: list[float] = []  # request -> chunk in hand
+        self.stalls = 0  # switches that had to wait for a late chunk
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------------------- chunks
+    def _check_chunk(self, actions) -> np.ndarray:
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 2:
+            raise ValueError(f"a chunk must be [T, dim]; got shape {actions.shape}")
+        if self.chunk_size is None:
+            self.chunk_size = actions.shape[0]
+        if actions.shape[0] != self.chunk_size:
+            raise ValueError(f"chunk has {actions.shape[0]} steps; expected {self.chunk_size}")
+        if self.execute_horizon is None:
+            self.execute_horizon = self.chunk_size if self.mode != "ensemble" else 1
+        if self.execute_horizon + self.delay > self.chunk_size:
+            raise ValueError(f"execute_horizon ({self.execute_horizon}) + delay ({self.delay}) exceeds the "
+                             f"chunk ({self.chunk_size}): the robot would run out of actions")
+        return actions
+
+    def _resolve(self, chunk: _Chunk) -> None:
+        if chunk.future is not None:
+            if not chunk.future.done():
+                self.stalls += 1
+            chunk.actions, chunk.future = chunk.future.result(), None
+        actions, latency_ms = chunk.actions
+        chunk.actions = self._check_chunk(actions)
+        self.latencies_ms.append(latency_ms)
+        self._chunks.append(chunk)
+        self.switches.append(self.tick)
+
+    def _prefix(self) -> np.ndarray | None:
+        """The current plan from this tick on (RTC's prefix), or None before the first chunk."""
+        if self.mode != "rtc" or not self._chunks:
+            return None
+        newest = self._chunks[-1]
+        rest = newest.actions[self.tick - newest.start:]
+        return rest if len(rest) else None
+
+    def _request(self, obs, delay: int) -> _Chunk:
+        prefix = self._prefix()
+        args = (obs, prefix, delay) if prefix is not None else (obs, None, 0)
+        chunk = _Chunk(start=self.tick, available=self.tick + delay)
+        if self._executor is not None and delay > 0:
+            chunk.future = self._executor.submit(self._call_source, *args)
+        else:
+            chunk.actions = self._call_source(*args)
+        return chunk
+
+    def _call_source(self, *args) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        actions = self.source(*args)
+        return actions, (time.perf_counter() - start) * 1000
+
+    def _covering(self) -> list[_Chunk]:
+        return [c for c in self._chunks if c.start <= self.tick < c.start + self.chunk_size]
+
+    # ---------------------------------------------------------------------------------- act
+    def act(self, obs) -> np.ndarray:
+        """The action for this control tick (robot units, float32 [dim])."""
+        if self._pending is not None and self._pending.available <= self.tick:
+            self._resolve(self._pending)
+            self._pending = None
+        if not self._covering():
+            # Start of an episode (or a gap): nothing to execute, so wait for a chunk now.
+            self._resolve(self._request(obs, 0))
+            self._next_request = self.tick + self.execute_horizon
+        elif self.tick >= self._next_request and self._pending is None:
+            chunk = self._request(obs, self.delay)
+            if self.delay == 0:
+                self._resolve(chunk)
+            else:
+                self._pending = chunk
+            self._next_request = self.tick + self.execute_horizon
+        # Chunks that can no longer cover any tick are dropped.
+        self._chunks = self._covering()
+        action = self._mix(self._chunks)
+        self.actions.append(action)
+        self.tick += 1
+        return action
+
+    def _mix(self, chunks: list[_Chunk]) -> np.ndarray:
+        if self.mode != "ensemble":
+            newest = chunks[-1]
+            return newest.actions[self.tick - newest.start].copy()
+        weights = ensemble_weights(len(chunks), self.ensemble_decay)
+        rows = np.stack([c.actions[self.tick - c.start] for c in chunks])
+        return (weights[:, None] * rows).sum(0).astype(np.float32)
+
+
+def ensemble_weights(n: int, decay: float) -> np.ndarray:
+    """ACT's weights over n chunks, oldest first: exp(-decay * i), normalized to sum 1."""
+    w = np.exp(-decay * np.arange(n, dtype=np.float64))
+    return w / w.sum()
+
+
+def boundary_jumps(actions, switches) -> np.ndarray:
+    """L2 size of the step into each switch tick (the first action of a newly arrived chunk)."""
+    actions = np.asarray(actions)
+    ticks = [k for k in switches if 0 < k < len(actions)]
+    return np.linalg.norm(actions[ticks] - actions[[k - 1 for k in ticks]], axis=-1)

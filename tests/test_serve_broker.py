@@ -1,0 +1,123 @@
+"""ActionBroker arithmetic on synthetic chunk sources (the model is not involved here)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lingvla.serve.broker import ActionBroker, boundary_jumps, ensemble_weights
+
+
+class Source:
+    """Chunk j (the j-th call) is `make(j, start_tick)`; records what the broker sent."""
+
+    def __init__(self, make, sleep=0.0):
+        self.make, self.sleep, self.calls = make, sleep, []
+        self.thread_names = set()
+
+    def __call__(self, obs, prefix_actions=None, prefix_delay=0):
+        self.thread_names.add(threading.current_thread().name)
+        time.sleep(self.sleep)
+        j = len(self.calls)
+        self.calls.append({"tick": obs["tick"], "prefix": None if prefix_actions is None else prefix_actions.copy(),
+                           "delay": prefix_delay})
+        return self.make(j, obs["tick"])
+
+
+def drive(broker, ticks):
+    return np.stack([broker.act({"tick": k}) for k in range(ticks)])
+
+
+def test_plain_chunking_executes_chunks_back_to_back():
+    src = Source(lambda j, k: np.full((6, 2), 10.0 * j) + np.arange(6)[:, None])
+    out = drive(ActionBroker(src, mode="chunk", execute_horizon=4), 12)
+    assert [c["tick"] for c in src.calls] == [0, 4, 8]
+    expected = np.concatenate([np.full((4, 2), 10.0 * j) + np.arange(4)[:, None] for j in range(3)])
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_ensembling_uses_acts_exact_weights():
+    h, m = 4, 0.5
+    src = Source(lambda j, k: np.full((h, 3), float(j)))  # chunk j (requested at tick j) is all j
+    broker = ActionBroker(src, mode="ensemble", execute_horizon=1, ensemble_decay=m)
+    out = drive(broker, 10)
+    np.testing.assert_allclose(ensemble_weights(3, m), np.exp(-m * np.arange(3)) / np.exp(-m * np.arange(3)).sum())
+    for k in range(10):
+        values = np.arange(max(0, k - h + 1), k + 1, dtype=np.float64)  # covering chunks, oldest first
+        w = np.exp(-m * np.arange(len(values)))
+        np.testing.assert_allclose(out[k], (w * values).sum() / w.sum(), rtol=1e-6)
+    assert len(src.calls) == 10
+
+
+def test_ensembling_smooths_boundaries_of_jumpy_chunks():
+    rng = np.random.default_rng(0)
+    offsets = rng.choice([-1.0, 1.0], size=100)
+    # Every chunk follows the same smooth path but starts from its own random offset.
+    make = lambda j, k: (np.sin((k + np.arange(8)) / 10.0) + offsets[j])[:, None].repeat(2, 1)  # noqa: E731
+    plain = drive(ActionBroker(Source(make), mode="chunk", execute_horizon=4), 60)
+    ensembled = drive(ActionBroker(Source(make), mode="ensemble", execute_horizon=1, ensemble_decay=0.0), 60)
+    plain_steps = np.abs(np.diff(plain[:, 0]))
+    ens_steps = np.abs(np.diff(ensembled[8:, 0]))  # after the window has filled
+    assert plain_steps.max() > 1.5
+    assert ens_steps.max() < 0.35 * plain_steps.max()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_rtc_sends_the_plan_and_executes_committed_actions_during_the_delay(asynchronous):
+    h, s, d = 10, 5, 3
+    make = lambda j, k: np.full((h, 2), 100.0 * j) + np.arange(h)[:, None]  # noqa: E731  (ignores the prefix)
+    src = Source(make, sleep=0.01 if asynchronous else 0.0)
+    broker = ActionBroker(src, mode="rtc", execute_horizon=s, delay=d, asynchronous=asynchronous)
+    out = drive(broker, 22)
+    broker.close()
+    # Requests every s ticks; each carries the current chunk's remaining plan and d.
+    assert [c["tick"] for c in src.calls] == [0, 5, 10, 15, 20]
+    assert src.calls[0]["prefix"] is None
+    for j in range(1, 4):
+        call = src.calls[j]
+        plan_start = 0 if j == 1 else src.calls[j - 1]["tick"]  # the chunk executing at the request
+        np.testing.assert_array_equal(call["prefix"], make(j - 1, 0)[call["tick"] - plan_start:])
+        assert call["delay"] == d and len(call["prefix"]) == h - s
+        # The committed d actions are executed while the chunk is computed, then the new chunk from step d.
+        k = call["tick"]
+        np.testing.assert_array_equal(out[k:k + d], call["prefix"][:d])
+        np.testing.assert_array_equal(out[k + d], make(j, k)[d])
+    assert broker.switches == [0, 8, 13, 18]
+    if asynchronous:
+        assert src.thread_names == {"lingvla-broker_0", "MainThread"}
+        assert broker.stalls == 3  # these ticks take no time, so every switch waits for its chunk
+    else:
+        assert broker.stalls == 0
+
+
+def test_async_and_sync_execute_the_same_stream():
+    make = lambda j, k: np.sin(j + np.arange(12) / 3.0)[:, None].repeat(3, 1)  # noqa: E731
+    runs = []
+    for asynchronous in (False, True):
+        broker = ActionBroker(Source(make, sleep=0.002), mode="chunk", execute_horizon=6, delay=4,
+                              asynchronous=asynchronous)
+        runs.append(drive(broker, 40))
+        broker.close()
+    np.testing.assert_array_equal(*runs)
+
+
+def test_boundary_jumps_and_reset():
+    make = lambda j, k: np.full((4, 1), float(j * j))  # noqa: E731
+    broker = ActionBroker(Source(make), mode="chunk", execute_horizon=4)
+    drive(broker, 12)
+    np.testing.assert_allclose(boundary_jumps(broker.actions, broker.switches), [1.0, 3.0])
+    broker.reset()
+    assert broker.tick == 0 and broker.actions == [] and broker.switches == []
+
+
+def test_configuration_errors():
+    src = Source(lambda j, k: np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="one request in flight"):
+        ActionBroker(src, execute_horizon=3, delay=4)
+    with pytest.raises(ValueError, match="run out of actions"):
+        ActionBroker(src, execute_horizon=8, delay=3).act({"tick": 0})
+    with pytest.raises(ValueError, match="unknown broker mode"):
+        ActionBroker(src, mode="average")
+    with pytest.raises(ValueError, match="expected 4"):
+        ActionBroker(src, chunk_size=4, execute_horizon=2).act({"tick": 0})
