@@ -157,11 +157,21 @@ class Policy:
 
     # ---------------------------------------------------------------------------------- infer
     @torch.no_grad()
-    def infer(self, obs: dict, *, noise: torch.Tensor | None = None) -> dict:
-        """-> {"actions": float32 [chunk_size, action_dim]} in the robot's own units."""
+    def infer(self, obs: dict, *, noise: torch.Tensor | None = None, prefix_actions=None,
+              prefix_delay: int = 0, rtc=None) -> dict:
+        """-> {"actions": float32 [chunk_size, action_dim]} in the robot's own units.
+
+        prefix_actions (robot units [k, action_dim], aligned to this observation's time) asks for
+        real-time chunking: the chunk continues those actions, its first prefix_delay ones equal
+        them exactly (lingvla.serve.rtc; rtc: an RTCConfig choosing the sampler)."""
         batch = self.batch_from_obs(obs)
         try:
+            if prefix_actions is not None:
+                from lingvla.serve.rtc import infer_with_prefix
+
+                return {"actions": infer_with_prefix(self, batch, prefix_actions, prefix_delay,
+                                                     noise=noise, config=rtc)}
             chunk = self.model.sample_actions(batch, noise=noise, num_steps=self.num_steps)
-        except ValueError as err:  # e.g. a prompt over the token budget
+        except ValueError as err:  # e.g. a prompt over the token budget, a malformed prefix
             raise ObservationError(str(err)) from err
         return {"actions": self.actions_from_model(chunk[0])}
