@@ -1,8 +1,10 @@
-"""`lingvla gen-demos` and `lingvla bench sim`."""
+"""`lingvla gen-demos`, `lingvla eval-sim` and `lingvla bench sim`."""
 
 from __future__ import annotations
 
 import argparse
+
+from .seeds import EVAL_SEED_START
 
 TASK_NAMES = ("transfer_cube", "insertion")
 
@@ -22,7 +24,36 @@ def add_commands(commands, bench) -> None:
     gen.add_argument("--workers", type=int, default=2, help="processes generating episodes")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--depth", action="store_true",
+                     help="also render depth and store it per camera (observation.depth.<cam>, uint16 mm)")
+    gen.add_argument("--depth-size", type=int, default=None,
+                     help="square size of the stored depth maps (default: --image-size)")
     gen.set_defaults(func=_gen_demos)
+
+    ev = commands.add_parser(
+        "eval-sim", help="closed-loop success rate of a checkpoint in the ALOHA simulator",
+        description="Roll out a checkpoint (through lingvla.inference.Policy, as the server does) in "
+                    "the ALOHA simulator from evaluation seeds. Prints one JSON line (success_rate, "
+                    "progress = mean best reward stage / 4, ...) and writes a report directory "
+                    "(results.json, chart.png, videos/).")
+    ev.add_argument("checkpoint", help="inference checkpoint directory (OUTPUT_DIR/export of lingvla train)")
+    ev.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
+    ev.add_argument("--episodes", type=int, default=20)
+    ev.add_argument("--seed", type=int, default=EVAL_SEED_START,
+                    help=f"first evaluation seed; episodes use seed, seed+1, ... (>= {EVAL_SEED_START})")
+    ev.add_argument("--actions-per-chunk", type=int, default=None,
+                    help="actions executed per inferred chunk (default: the whole chunk; 1 with "
+                         "--ensemble-decay)")
+    ev.add_argument("--ensemble-decay", type=float, default=None,
+                    help="temporal ensembling: average overlapping chunks with weights exp(-k*i)")
+    ev.add_argument("--image-size", type=int, default=None,
+                    help="rendered camera size (default: the checkpoint's image size)")
+    ev.add_argument("--out", default=None, help="report directory (default: CHECKPOINT/../eval_TASK)")
+    ev.add_argument("--max-steps", type=int, default=400, help="episode length (400: the task's)")
+    ev.add_argument("--workers", type=int, default=1, help="processes, each with a policy and simulator")
+    ev.add_argument("--videos", type=int, default=3, help="videos of the first N successes and N failures")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval_sim)
 
     sim = bench.add_parser("sim", help="ALOHA simulator steps/s with rendering (JSON lines)")
     sim.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
@@ -37,8 +68,31 @@ def _gen_demos(args: argparse.Namespace) -> int:
 
     report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
                               image_size=args.image_size, workers=args.workers,
-                              overwrite=args.overwrite, progress=not args.no_progress)
+                              overwrite=args.overwrite, progress=not args.no_progress,
+                              depth=args.depth, depth_size=args.depth_size)
     print(report.to_json(), flush=True)
+    return 0
+
+
+def _eval_sim(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from .evaluate import CheckpointMismatchError, evaluate
+    from .seeds import SeedRangeError
+
+    out = args.out or str(Path(args.checkpoint).resolve().parent / f"eval_{args.task}")
+    try:
+        report = evaluate(args.checkpoint, args.task, args.episodes, seed=args.seed,
+                          actions_per_chunk=args.actions_per_chunk, ensemble_decay=args.ensemble_decay,
+                          image_size=args.image_size, out=out, workers=args.workers,
+                          videos=args.videos, max_steps=args.max_steps,
+                          progress=not args.no_progress)
+    except (CheckpointMismatchError, SeedRangeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(report.summary()), flush=True)
     return 0
 
 

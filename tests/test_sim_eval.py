@@ -1,0 +1,195 @@
+"""Closed-loop evaluation (lingvla.sim.evaluate, `lingvla eval-sim`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("gym_aloha")
+pytest.importorskip("mujoco")
+
+from conftest import make_tiny_checkpoint  # noqa: E402
+from lingvla.sim import commands, evaluate as evaluate_module  # noqa: E402
+from lingvla.sim.evaluate import ChunkExecutor, CheckpointMismatchError, evaluate  # noqa: E402
+from lingvla.sim.scripted import record_joint_actions  # noqa: E402
+from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
+
+SIZE = 56  # the tiny checkpoint's input size (a multiple of 28)
+RENDER = 32  # test doubles have no image size: render small
+SEED = EVAL_SEED_START + 7
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    subcommands = parser.add_subparsers()
+    bench = subcommands.add_parser("bench").add_subparsers()
+    commands.add_commands(subcommands, bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+class ReplayPolicy:
+    """Test double: replays the scripted joint actions of one seed, `every` actions per call."""
+
+    def __init__(self, task: str, seed: int, every: int, chunk: int = 50):
+        self.actions = record_joint_actions(task, seed).actions
+        self.every, self.chunk, self.calls = every, chunk, 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def infer(self, obs: dict) -> dict:
+        assert set(obs["images"]) == {"top", "left_wrist", "right_wrist"} and obs["prompt"]
+        start = self.calls * self.every
+        self.calls += 1
+        rows = np.minimum(np.arange(start, start + self.chunk), len(self.actions) - 1)
+        return {"actions": self.actions[rows]}
+
+
+class HoldStill:
+    """Test double: every action is the current joint state."""
+
+    def infer(self, obs: dict) -> dict:
+        return {"actions": np.tile(np.asarray(obs["state"], np.float32), (50, 1))}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("eval") / "export", image_size=SIZE)
+
+
+def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys):
+    import av
+
+    out = tmp_path / "report"
+    assert run_cli(["eval-sim", str(checkpoint), "--task", "transfer_cube", "--episodes", "2",
+                    "--seed", str(SEED), "--actions-per-chunk", "20", "--max-steps", "45",
+                    "--videos", "1", "--out", str(out), "--no-progress"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["task"] == "transfer_cube" and line["checkpoint"] == str(checkpoint)
+    assert line["episodes"] == 2 and line["seed"] == SEED and line["image_size"] == SIZE
+    assert line["success_rate"] == 0.0 and 0.0 <= line["progress"] <= 1.0  # a random tiny model
+    assert line["actions_per_chunk"] == 20 and line["wall_s"] > 0 and line["report"] == str(out)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["summary"] == line
+    episodes = results["episodes"]
+    assert [e["seed"] for e in episodes] == [SEED, SEED + 1]
+    assert all(e["steps"] == 45 and e["inferences"] == 3 for e in episodes)  # steps 0, 20, 40
+    # One failure video (the quota), the three cameras side by side, one frame per step + reset.
+    assert episodes[0]["video"] == f"videos/episode_000_seed{SEED}_failure.mp4"
+    assert episodes[1]["video"] is None
+    assert sorted(p.name for p in (out / "videos").iterdir()) == [f"episode_000_seed{SEED}_failure.mp4"]
+    with av.open(str(out / episodes[0]["video"])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 46
+    height = frames[0].shape[0]
+    assert height >= evaluate_module.VIDEO_MIN_HEIGHT and frames[0].shape[1] == 3 * height
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scripted_replay_succeeds_and_holding_still_fails():
+    replay = ReplayPolicy("transfer_cube", SEED, every=50)
+    good = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay, actions_per_chunk=50,
+                    image_size=RENDER, progress=False)
+    assert good.success_rate == 1.0 and good.progress == 1.0
+    first = good.episodes[0]
+    assert first.success and first.max_reward == 4
+    assert first.steps == first.first_success_step < 400  # the episode ends at the first success
+    assert first.inferences == -(-first.steps // 50)
+
+    still = evaluate(None, "transfer_cube", 2, seed=SEED, policy=HoldStill(), actions_per_chunk=50,
+                     image_size=RENDER, progress=False)
+    assert still.success_rate == 0.0 and still.progress == 0.0
+    assert [e.steps for e in still.episodes] == [400, 400]
+    assert [e.max_reward for e in still.episodes] == [0, 0]
+
+
+def test_temporal_ensembling_of_a_consistent_policy_replays_it():
+    replay = ReplayPolicy("transfer_cube", SEED, every=10)
+    report = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay, actions_per_chunk=10,
+                      ensemble_decay=0.01, image_size=RENDER, progress=False)
+    assert report.success_rate == 1.0
+    assert report.episodes[0].inferences == -(-report.episodes[0].steps // 10)
+
+
+def test_chunk_executor_ensembles_with_act_weights():
+    ex = ChunkExecutor(actions_per_chunk=2, ensemble_decay=0.5)
+    assert ex.needs_chunk(0) and not ex.needs_chunk(1) and ex.needs_chunk(2)
+    ex.add(0, np.zeros((4, 14)))
+    np.testing.assert_allclose(ex.action(0), 0.0)
+    ex.add(2, np.ones((4, 14)))
+    w_old, w_new = 1.0, np.exp(-0.5)  # the oldest chunk weighs most (ACT)
+    np.testing.assert_allclose(ex.action(2), w_new / (w_old + w_new))
+    ex.add(4, np.full((4, 14), 3.0))  # the first chunk (steps 0-3) no longer covers step 4
+    np.testing.assert_allclose(ex.action(4), (1.0 * w_old + 3.0 * w_new) / (w_old + w_new))
+
+    plain = ChunkExecutor(actions_per_chunk=3)
+    plain.add(0, np.arange(5)[:, None] * np.ones((5, 14)))
+    assert [plain.action(t)[0] for t in range(3)] == [0, 1, 2] and plain.needs_chunk(3)
+
+
+def _edit_embodiment(checkpoint, edit) -> None:
+    path = checkpoint / "embodiments.yaml"
+    specs = yaml.safe_load(path.read_text())
+    edit(specs["aloha"])
+    path.write_text(yaml.safe_dump(specs, sort_keys=False))
+
+
+@pytest.fixture
+def no_rollouts(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a rollout started")
+
+    monkeypatch.setattr(evaluate_module, "run_episode", forbidden)
+
+
+def test_a_checkpoint_with_another_action_width_is_refused(tmp_path, no_rollouts, capsys):
+    ckpt = make_tiny_checkpoint(tmp_path / "franka", image_size=SIZE, embodiment="bimanual_franka")
+    with pytest.raises(CheckpointMismatchError, match="action_dim=16.*needs 14"):
+        evaluate(ckpt, "transfer_cube", 1, seed=SEED, progress=False)
+    assert run_cli(["eval-sim", str(ckpt), "--episodes", "1", "--out", str(tmp_path / "r"),
+                    "--no-progress"]) == 2
+    assert "action_dim=16" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_a_checkpoint_without_the_sim_cameras_is_refused(tmp_path, no_rollouts):
+    ckpt = make_tiny_checkpoint(tmp_path / "cams", image_size=SIZE)
+
+    def other_cameras(spec):
+        spec["cameras"] = {"head": "observation.images.cam_high",
+                           "left_wrist": "observation.images.cam_left_wrist",
+                           "right_wrist": "observation.images.cam_right_wrist"}
+
+    _edit_embodiment(ckpt, other_cameras)
+    with pytest.raises(CheckpointMismatchError, match=r"simulator camera\(s\) \['top'\]"):
+        evaluate(ckpt, "insertion", 1, seed=SEED, progress=False)
+
+
+def test_an_image_size_other_than_the_training_images_is_refused(tmp_path, no_rollouts):
+    ckpt = make_tiny_checkpoint(tmp_path / "sized", image_size=SIZE)
+    data = tmp_path / "data"
+    (data / "meta").mkdir(parents=True)
+    (data / "meta" / "info.json").write_text(json.dumps({"features": {
+        f"observation.images.{cam}": {"dtype": "video", "shape": [84, 84, 3]}
+        for cam in ("top", "left_wrist", "right_wrist")}}))
+    info = json.loads((ckpt / "train_info.json").read_text())
+    info["train_config"]["data"]["datasets"] = [{"path": str(data), "embodiment": "aloha"}]
+    (ckpt / "train_info.json").write_text(json.dumps(info))
+    assert evaluate_module.training_image_size(ckpt) == 84
+    with pytest.raises(CheckpointMismatchError, match="trained on 84 px"):
+        evaluate(ckpt, "transfer_cube", 1, seed=SEED, image_size=224, progress=False)
+
+
+def test_bad_settings_are_refused_before_rollouts(checkpoint, no_rollouts):
+    with pytest.raises(SeedRangeError, match="demonstration seeds"):
+        evaluate(checkpoint, "transfer_cube", 2, seed=5, progress=False)
+    with pytest.raises(ValueError, match="actions_per_chunk=51"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, actions_per_chunk=51, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="not an inference checkpoint"):
+        evaluate(checkpoint.parent, "transfer_cube", 1, seed=SEED, progress=False)
