@@ -16,7 +16,6 @@ COMMAND_MODULES = (
     "lingvla.model.commands",
     "lingvla.train.commands",
     "lingvla.data.commands",
-    "lingvla.data.depth_commands",
     "lingvla.sim.commands",
     "lingvla.serve.commands",
 )
