@@ -62,9 +62,10 @@ def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("eval") / "export", image_size=SIZE)
 
 
-def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys):
+def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys, monkeypatch):
     import av
 
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs an unstable random policy to ./MUJOCO_LOG.TXT
     out = tmp_path / "report"
     assert run_cli(["eval-sim", str(checkpoint), "--task", "transfer_cube", "--episodes", "2",
                     "--seed", str(SEED), "--actions-per-chunk", "20", "--max-steps", "45",

@@ -1,4 +1,4 @@
-"""`lingvla gen-demos`, `lingvla eval-sim` and `lingvla bench sim`."""
+"""`lingvla demo`, `lingvla gen-demos`, `lingvla eval-sim` and `lingvla bench sim`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,26 @@ def add_commands(commands, bench) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval_sim)
 
+    demo = commands.add_parser(
+        "demo", help="the main job: scripted ALOHA demos -> dataset -> train -> closed-loop eval -> report",
+        description="The embedded default end to end on a CPU: scripted transfer-cube demonstrations "
+                    "-> LeRobot dataset -> train a small policy (the tiny preset's classes) -> "
+                    "closed-loop evaluation -> report, within a time budget. Ends with the success "
+                    "rate and the path of the report.")
+    demo.add_argument("--out", default="runs/demo", help="output directory (data/, train/, eval/, report.md)")
+    demo.add_argument("--minutes", type=float, default=30.0,
+                      help="time budget for the whole run; training gets what the other stages leave")
+    demo.add_argument("--episodes", type=int, default=None, help="demonstrations (default 50)")
+    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default 20)")
+    demo.add_argument("--image-size", type=int, default=None,
+                      help="camera and model image size, a multiple of 28 (default 84)")
+    demo.add_argument("--workers", type=int, default=2, help="processes generating demonstrations")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's --out")
+    demo.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                      help="training config overrides, e.g. steps=500 optim.lr=1e-4")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
     sim = bench.add_parser("sim", help="ALOHA simulator steps/s with rendering (JSON lines)")
     sim.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
     sim.add_argument("--image-sizes", type=int, nargs="+", default=[64, 96, 224])
@@ -71,6 +91,25 @@ def _gen_demos(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, progress=not args.no_progress,
                               depth=args.depth, depth_size=args.depth_size)
     print(report.to_json(), flush=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import sys
+
+    from .demo import DEMO_EPISODES, DEMO_EVAL_EPISODES, run_demo
+
+    try:
+        result = run_demo(args.out, args.minutes, episodes=args.episodes or DEMO_EPISODES,
+                          eval_episodes=args.eval_episodes or DEMO_EVAL_EPISODES,
+                          image_size=args.image_size, train_overrides=args.set, workers=args.workers,
+                          overwrite=args.overwrite, progress=not args.no_progress)
+    except (FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(result.to_json(), flush=True)
+    print(f"success rate {result.success_rate:.0%} on {result.task} ({result.eval_episodes} episodes) "
+          f"in {result.wall_s / 60:.1f} min; report: {result.report}", flush=True)
     return 0
 
 

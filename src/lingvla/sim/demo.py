@@ -1,0 +1,227 @@
+"""`lingvla demo`: the main job on the embedded default, end to end on a CPU.
+
+    scripted demonstrations (ALOHA transfer cube) -> LeRobot v3.0 dataset -> train a small policy
+    of the tiny preset's classes -> closed-loop evaluation through Policy.infer -> report
+
+Each stage calls the same function its own command does (`generate_dataset` = gen-demos, `train` =
+lingvla train, `evaluate` = eval-sim). The whole run fits a time budget (`minutes`, default 30):
+training takes what the demonstrations and the evaluation leave, measured on this machine - a few
+warm-up steps are timed, then training resumes from them with the step count that fits (the
+learning-rate warm-up covers the timed steps, so the schedule is the same as one run's).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .seeds import EVAL_SEED_START
+
+# The demo's recipe: configs/aloha_transfer_cube.yaml with fewer steps (see docs/sim.md for the
+# runs behind it). Paths and the step count are filled in by run_demo.
+DEMO_TASK = "transfer_cube"
+DEMO_EPISODES = 50
+DEMO_EVAL_EPISODES = 20
+DEMO_RECIPE: dict = {
+    "model": {
+        "preset": "tiny",
+        "image_size": 84,
+        "vision": {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2},
+        "llm": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                "intermediate_size": 256},
+        "expert": {"hidden_size": 128, "intermediate_size": 256},
+        "chunk_size": 50,
+    },
+    "data": {"num_workers": 1},
+    "batch_size": 32,
+    "steps": 2000,
+    "optim": {"lr": 3.0e-4, "warmup_steps": 200},
+    "save_every": 1000,
+    "tensorboard": False,
+}
+TIMED_STEPS = 20         # warm-up steps timed to size the run (within the lr warm-up)
+MIN_STEPS = 50
+EVAL_SETUP_S = 60.0      # evaluation: loading, pre-flight, videos
+EVAL_EPISODE_S = 6.0     # per episode, generous for a busy machine
+MARKER = ".lingvla-demo"
+
+
+@dataclass
+class DemoResult:
+    out: str
+    task: str
+    success_rate: float
+    progress: float
+    eval_episodes: int
+    demo_episodes: int
+    train_steps: int
+    final_loss: float
+    stage_s: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    report: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"demo": self.task, "success_rate": round(self.success_rate, 4),
+                           "progress": round(self.progress, 4), "eval_episodes": self.eval_episodes,
+                           "demo_episodes": self.demo_episodes, "train_steps": self.train_steps,
+                           "final_loss": round(self.final_loss, 5),
+                           "stage_s": {k: round(v, 1) for k, v in self.stage_s.items()},
+                           "wall_s": round(self.wall_s, 1), "report": self.report})
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """A fresh demo directory. An existing one is replaced only with overwrite, and only if a
+    demo made it (its marker file is there)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        if not (out / MARKER).exists():
+            raise FileExistsError(f"{out} was not written by `lingvla demo` (no {MARKER}); "
+                                  "refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by lingvla demo\n")
+
+
+def demo_train_config(data_dir: Path, train_dir: Path, image_size: int, overrides=()):
+    from lingvla.config import apply_overrides
+    from lingvla.train.config import TrainConfig
+
+    raw = json.loads(json.dumps(DEMO_RECIPE))
+    raw["model"]["image_size"] = image_size
+    raw["data"]["datasets"] = [{"path": str(data_dir), "embodiment": "aloha"}]
+    raw["output_dir"] = str(train_dir)
+    # Full structure first, so every key can be overridden (as on the train command line).
+    full = TrainConfig.from_dict(raw).to_dict()
+    return TrainConfig.from_dict(apply_overrides(full, list(overrides)))
+
+
+def median_step_s(metrics: Path, skip: int = 3) -> float:
+    import numpy as np
+
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    times = [r["data_s"] + r["forward_s"] + r["backward_s"] + r["optimizer_s"] for r in records]
+    return float(np.median(times[skip:] if len(times) > skip else times))
+
+
+def run_demo(out: str | Path = "runs/demo", minutes: float = 30.0, *, task: str = DEMO_TASK,
+             episodes: int = DEMO_EPISODES, eval_episodes: int = DEMO_EVAL_EPISODES,
+             image_size: int | None = None, train_overrides=(), eval_max_steps: int | None = None,
+             workers: int = 2, overwrite: bool = False, progress: bool = True, log=print) -> DemoResult:
+    """Run the four stages into `out` (data/, train/, eval/, report.md, demo.json)."""
+    from lingvla.train.loop import train
+
+    from .demos import generate_dataset
+    from .evaluate import evaluate, torch_threads
+    from .tasks import EPISODE_STEPS
+
+    start = time.perf_counter()
+    deadline = start + 60.0 * minutes
+    out = Path(out)
+    image_size = image_size or DEMO_RECIPE["model"]["image_size"]
+    config = demo_train_config(out / "data", out / "train", image_size, train_overrides)
+    prepare_out(out, overwrite)
+    stage_s: dict[str, float] = {}
+
+    def stage(n: int, text: str) -> float:
+        log(f"[{n}/4] {text}", flush=True)
+        return time.perf_counter()
+
+    # 1. demonstrations
+    t = stage(1, f"scripted demonstrations: {episodes} {task} episodes at {image_size} px -> {out / 'data'}")
+    gen = generate_dataset(out / "data", task, episodes, image_size=image_size, workers=workers,
+                           progress=progress)
+    stage_s["demonstrations"] = time.perf_counter() - t
+    log(f"      {gen.episodes} episodes ({gen.attempts} seeds tried) in {stage_s['demonstrations']:.0f} s",
+        flush=True)
+
+    # 2. training, sized to the time left
+    eval_s = EVAL_SETUP_S + EVAL_EPISODE_S * eval_episodes
+    t = stage(2, f"training ({_describe(config)}) -> {out / 'train'}")
+    wanted = config.steps
+    timed = min(TIMED_STEPS, wanted, max(1, config.optim.warmup_steps))
+    with torch_threads(1):  # one intra-op thread: the data worker has the other core
+        if timed < wanted:
+            config.steps = timed
+            train(config, progress=progress)
+            step_s = median_step_s(out / "train" / "metrics.jsonl")
+            left = deadline - time.perf_counter() - eval_s
+            fits = int(left / step_s) if left > 0 else 0
+            config.steps = max(min(wanted, fits), min(wanted, MIN_STEPS), timed)
+            log(f"      {step_s:.2f} s/step: {config.steps} steps fit the budget (recipe: {wanted})"
+                + ("" if config.steps >= wanted else " - fewer steps than the recipe; expect a lower "
+                   "success rate"), flush=True)
+        summary = train(config, progress=progress)
+    stage_s["training"] = time.perf_counter() - t
+    log(f"      {config.steps} steps, final loss {summary['final_loss']:.4f}, "
+        f"{stage_s['training'] / 60:.1f} min", flush=True)
+
+    # 3. closed-loop evaluation
+    t = stage(3, f"closed-loop evaluation: {eval_episodes} episodes from seed {EVAL_SEED_START} -> "
+                 f"{out / 'eval'}")
+    report = evaluate(summary["export"], task, eval_episodes, out=out / "eval",
+                      max_steps=eval_max_steps or EPISODE_STEPS, progress=progress)
+    stage_s["evaluation"] = time.perf_counter() - t
+
+    # 4. report
+    stage(4, f"report -> {out / 'report.md'}")
+    result = DemoResult(out=str(out), task=task, success_rate=report.success_rate,
+                        progress=report.progress, eval_episodes=len(report.episodes),
+                        demo_episodes=gen.episodes, train_steps=config.steps,
+                        final_loss=float(summary["final_loss"]), stage_s=stage_s,
+                        wall_s=time.perf_counter() - start, report=str(out / "report.md"))
+    write_demo_report(out, result, config, gen, report, minutes)
+    return result
+
+
+def _describe(config) -> str:
+    m = config.model
+    return (f"image {m.image_size} px, vision {m.vision.depth}x{m.vision.hidden_size}, "
+            f"llm {m.llm.num_layers}x{m.llm.hidden_size}, expert {m.expert.hidden_size}, chunk "
+            f"{m.chunk_size}, batch {config.batch_size}, up to {config.steps} steps")
+
+
+def write_demo_report(out: Path, result: DemoResult, config, gen, report, minutes: float) -> None:
+    import platform
+
+    import torch
+
+    summary = report.summary()
+    lines = [
+        f"# lingvla demo: {result.task}",
+        "",
+        f"**Success rate {result.success_rate:.0%}** ({summary['successes']}/{summary['episodes']} "
+        f"evaluation episodes, seeds {report.seed}..{report.seed + len(report.episodes) - 1}); "
+        f"progress (mean best reward stage / 4) {result.progress:.2f}.",
+        "",
+        f"Total {result.wall_s / 60:.1f} min (budget {minutes:g} min) on {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads available, torch {torch.__version__}.",
+        "",
+        "| stage | minutes | output |",
+        "|---|---|---|",
+        f"| scripted demonstrations ({gen.episodes} episodes, {gen.attempts} seeds tried) | "
+        f"{result.stage_s['demonstrations'] / 60:.1f} | [data/](data) |",
+        f"| training ({result.train_steps} steps, final loss {result.final_loss:.4f}) | "
+        f"{result.stage_s['training'] / 60:.1f} | [train/export/](train/export), [loss](train/loss.png) |",
+        f"| closed-loop evaluation ({summary['episodes']} episodes, {report.actions_per_chunk} actions "
+        f"per chunk) | {result.stage_s['evaluation'] / 60:.1f} | [eval/](eval) |",
+        "",
+        "![success and progress per episode](eval/chart.png)",
+        "",
+        "Videos (top, left wrist, right wrist):",
+        "",
+    ]
+    lines += [f"- [seed {e.seed}: {'success' if e.success else 'failure'}, best reward {e.max_reward}]"
+              f"(eval/{e.video})" for e in report.episodes if e.video]
+    lines += ["", "Training configuration: [train/train_config.yaml](train/train_config.yaml). "
+              "Reproduce a stage on its own:", "", "```",
+              f"lingvla gen-demos --task {result.task} --episodes {gen.episodes} --image-size "
+              f"{config.model.image_size} --out {out / 'data'}",
+              f"lingvla train {out / 'train' / 'train_config.yaml'}",
+              f"lingvla eval-sim {out / 'train' / 'export'} --task {result.task} --episodes "
+              f"{summary['episodes']} --out {out / 'eval'}", "```", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "demo.json").write_text(result.to_json() + "\n")
