@@ -1,0 +1,2 @@
+"""Serving a robot: the websocket policy server (server, protocol), the client-side action broker
+(broker) and real-time chunking (rtc). See docs/serve.md."""
