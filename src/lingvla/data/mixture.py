@@ -272,7 +272,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                     world_size: int | None = None, on_bad_sample: str = "raise",
                     normalization_mode: str = "quantile", min_scale: float | None = None,
                     clip: float | None = None, embodiment_paths=None, pin_memory: bool = False,
-                    prefetch_factor: int = 2) -> ResumableLoader:
+                    prefetch_factor: int = 2, depth: bool = False,
+                    depth_cache: str | None = None) -> ResumableLoader:
     """A resumable loader of training batches over a weighted mixture of datasets.
 
     datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
@@ -281,6 +282,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     weights: "hours" (default), "frames", "uniform" or a list, one per dataset.
     rank/world_size: default to torch.distributed's when it is initialised, else 0/1.
     start_state: a ``loader.state_dict()`` saved earlier; the loader continues from it.
+    depth / depth_cache: batches also hold "depth" [B, C, S, S] metres / "depth_targets" [B, C, N, Dt]
+        from each dataset's depth_cache/<depth_cache> (see RobotDataset).
     """
     from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
     from lingvla.data.normalize import DEFAULT_MIN_SCALE
@@ -301,7 +304,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                             chunk_size=chunk_size, image_size=image_size,
                             camera_slots=CAMERA_SLOTS[:num_cameras], normalization_mode=normalization_mode,
                             min_scale=DEFAULT_MIN_SCALE if min_scale is None else min_scale, clip=clip,
-                            registry=registry, on_bad_sample=on_bad_sample) for s in specs]
+                            registry=registry, on_bad_sample=on_bad_sample, depth=depth,
+                            depth_cache=depth_cache) for s in specs]
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):
         if any(w is None for w in explicit):

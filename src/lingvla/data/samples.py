@@ -14,7 +14,12 @@ For frame t of an episode of length L a sample holds
   action_is_pad   bool [T]            True for t + k >= L
   action_dim_mask bool [D]            True on the robot's real action dims
   embodiment      str
-`collate` stacks samples into exactly the contract of lingvla.batch.
+and on request (lingvla.data.depth)
+  depth           float32 [C, S, S]   depth=True: metres per camera slot, placed like the image
+                                      (zeros for a missing slot, whose image_mask is False)
+  depth_targets   float32 [C, N, Dt]  depth_cache=TEACHER: the precomputed teacher tokens (zeros
+                                      for a missing slot)
+`collate` stacks samples into exactly the contract of lingvla.batch (optional keys included).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lingvla.data.depth import DepthCache, decode_depth, depth_key, require_depth_features, resize_depth
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodiment
 from lingvla.data.errors import BadSampleError, NonFiniteValueError
 from lingvla.data.lerobot import INDEX_FEATURES, LeRobotDataset
@@ -30,6 +36,7 @@ from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
 BAD_SAMPLE_POLICIES = ("raise", "skip")
 CONTRACT_KEYS = ("images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
                  "action_is_pad", "embodiment")
+OPTIONAL_KEYS = ("depth", "depth_targets")
 
 
 class RobotDataset(torch.utils.data.Dataset):
@@ -45,13 +52,16 @@ class RobotDataset(torch.utils.data.Dataset):
         on_bad_sample: "raise" (default) or "skip": a sample that raises BadSampleError (missing or
             corrupt video, frame past the video's end, NaN) is replaced by the next index that
             works, and counted in ``skipped`` (per process) and in the sample's "_skipped" entry.
+        depth: also return "depth" (needs the observation.depth.<cam> features).
+        depth_cache: a teacher name: also return "depth_targets" from DATASET/depth_cache/<name>.
     """
 
     def __init__(self, root, embodiment=None, *, norm_stats=None, action_dim: int = 32,
                  chunk_size: int = 50, image_size: int = 224, camera_slots=CAMERA_SLOTS,
                  normalization_mode: str = "quantile", min_scale: float = DEFAULT_MIN_SCALE,
                  clip: float | None = None, registry=None, on_bad_sample: str = "raise",
-                 max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4):
+                 max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4,
+                 depth: bool = False, depth_cache: str | None = None):
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
@@ -68,6 +78,14 @@ class RobotDataset(torch.utils.data.Dataset):
         self.dim_mask = torch.from_numpy(self.embodiment.dim_mask(self.action_dim))
         available = set(self.source.video_keys) | set(self.source.image_keys)
         self.camera_keys = [self.embodiment.camera_key(slot, available) for slot in self.camera_slots]
+        self.depth = bool(depth)
+        if self.depth:
+            require_depth_features(self.source, self.camera_keys)
+            if self.source.columns is not None:
+                self.source.columns += [depth_key(k) for k in self.camera_keys if k is not None]
+        self.depth_cache = None if depth_cache is None else DepthCache(
+            self.source.root, depth_cache, num_frames=len(self), image_size=self.image_size,
+            camera_keys=self.camera_keys)
         if isinstance(norm_stats, Normalizer) or norm_stats is None:
             self.normalizer = norm_stats
         else:
@@ -142,6 +160,20 @@ class RobotDataset(torch.utils.data.Dataset):
         prompt = src.tasks.get(task_index) if task_index is not None else None
         if prompt is None:
             prompt = episode.tasks[0] if episode.tasks else ""
+        extra = {}
+        if self.depth:
+            depth = np.zeros((len(self.camera_slots), self.image_size, self.image_size), dtype=np.float32)
+            for slot, key in enumerate(self.camera_keys):
+                if key is not None:
+                    depth[slot] = resize_depth(decode_depth(columns[depth_key(key)][first + frame]),
+                                               self.image_size)
+            extra["depth"] = torch.from_numpy(depth)
+        if self.depth_cache is not None:
+            targets = np.zeros((len(self.camera_slots), *self.depth_cache.shape), dtype=np.float32)
+            for slot, key in enumerate(self.camera_keys):
+                if key is not None:
+                    targets[slot] = self.depth_cache.targets(key, index)
+            extra["depth_targets"] = torch.from_numpy(targets)
         return {
             "images": torch.from_numpy(images),
             "image_mask": torch.from_numpy(image_mask),
@@ -151,6 +183,7 @@ class RobotDataset(torch.utils.data.Dataset):
             "action_dim_mask": self.dim_mask.clone(),
             "action_is_pad": torch.from_numpy(is_pad),
             "embodiment": emb.name,
+            **extra,
         }
 
 
@@ -162,7 +195,7 @@ def collate(samples: list[dict]) -> dict:
 def collate_with_report(samples: list[dict]) -> tuple[dict, list[str]]:
     """As `collate`, also returning the reasons of samples skipped while producing these."""
     batch = {}
-    for key in CONTRACT_KEYS:
+    for key in CONTRACT_KEYS + tuple(k for k in OPTIONAL_KEYS if k in samples[0]):
         values = [s[key] for s in samples]
         # numpy's single-threaded copy: torch.stack's thread pool stalls on a busy loader host
         batch[key] = values if key in ("prompt", "embodiment") else \

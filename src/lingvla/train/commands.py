@@ -1,4 +1,5 @@
-"""Training commands: `lingvla train` and `lingvla bench train`."""
+"""Training commands: `lingvla train`, `lingvla depth-cache` (depth-teacher targets precomputed once
+beside a dataset) and `lingvla bench train`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,28 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
                    help="config overrides, e.g. steps=200 model.preset=tiny optim.lr=3e-4")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
+
+    p = commands.add_parser(
+        "depth-cache", help="precompute depth-teacher tokens of every frame -> DATASET/depth_cache/TEACHER",
+        description="Run a depth teacher once over every frame and camera of a LeRobot dataset and store "
+                    "its tokens (float16 .npy per camera + meta.json) in DATASET_DIR/depth_cache/TEACHER/, "
+                    "so training with data.depth_cache=true reads targets instead of running the teacher. "
+                    "The teacher sees the frames at the model's image size, as it would online.")
+    p.add_argument("dataset", metavar="DATASET_DIR")
+    p.add_argument("--teacher", choices=("sim-depth", "hf-depth"), required=True,
+                   help="sim-depth: true depth maps (observation.depth.<cam>) through a fixed encoder; "
+                        "hf-depth: a local transformers depth model on the camera images")
+    p.add_argument("--teacher-path", default=None, help="hf-depth: local model directory")
+    p.add_argument("--model-config", default=None, metavar="CONFIG.yaml",
+                   help="training (or model) YAML giving image_size and depth.num_latents/teacher_dim")
+    p.add_argument("--num-latents", type=int, default=None, help="tokens per camera (overrides the config)")
+    p.add_argument("--teacher-dim", type=int, default=None, help="token width (overrides the config)")
+    p.add_argument("--image-size", type=int, default=None, help="model input size (overrides the config)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per teacher call")
+    p.add_argument("--device", default="auto", help="auto: cuda when available")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache of this teacher")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_depth_cache)
 
     b = bench.add_parser("train", help="training throughput, step-time split, memory and MFU")
     b.add_argument("--preset", default="tiny")
@@ -45,6 +68,55 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", flush=True)
         return 3
     print(json.dumps(summary), flush=True)
+    return 0
+
+
+def run_depth_cache(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    import time
+
+    import torch
+
+    from lingvla.config import DepthConfig
+    from lingvla.data.depth import MissingDepthError, write_depth_cache
+    from lingvla.model.depth import HFDepthTeacher, make_teacher
+
+    if args.model_config:
+        from lingvla.train.config import load_train_config
+
+        model = load_train_config(args.model_config).model
+        depth, image_size = model.depth, model.image_size
+    else:
+        depth, image_size = DepthConfig(), 224
+    depth.num_latents = args.num_latents or depth.num_latents
+    depth.teacher_dim = args.teacher_dim or depth.teacher_dim
+    image_size = args.image_size or image_size
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    start = time.perf_counter()
+    try:
+        sized = args.model_config or args.num_latents or args.teacher_dim
+        if args.teacher == "hf-depth" and not sized:  # the teacher alone decides N and D
+            if not args.teacher_path:
+                raise ValueError("the hf-depth teacher needs --teacher-path (a local depth model directory)")
+            teacher = HFDepthTeacher(args.teacher_path)
+        else:
+            teacher = make_teacher(args.teacher, depth, args.teacher_path)
+        out = write_depth_cache(args.dataset, args.teacher, teacher, image_size=image_size,
+                                teacher_path=args.teacher_path, batch_size=args.batch_size, device=device,
+                                overwrite=args.overwrite, progress=not args.no_progress)
+    except (MissingDepthError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    meta = json.loads((out / "meta.json").read_text())
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(json.dumps({"depth_cache": str(out), "teacher": meta["teacher"], "frames": meta["num_frames"],
+                      "cameras": sorted(meta["cameras"]), "tokens": [meta["num_latents"], meta["teacher_dim"]],
+                      "image_size": meta["image_size"], "mb": round(size / 2**20, 2),
+                      "seconds": round(time.perf_counter() - start, 1)}), flush=True)
     return 0
 
 
