@@ -132,8 +132,9 @@ def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def demo_features(image_size: int, cameras: Sequence[str] = CAMERAS) -> dict:
-    """LeRobot features of the demonstration datasets."""
+def demo_features(image_size: int, cameras: Sequence[str] = CAMERAS, depth_size: int | None = None) -> dict:
+    """LeRobot features of the demonstration datasets; with `depth_size`, each camera's depth as
+    `observation.depth.<cam>` uint16 [depth_size, depth_size] millimetres (lingvla.data.depth)."""
     features = {
         "observation.state": {"dtype": "float32", "shape": [14], "names": list(JOINT_NAMES)},
         "action": {"dtype": "float32", "shape": [14], "names": list(JOINT_NAMES)},
@@ -141,15 +142,28 @@ def demo_features(image_size: int, cameras: Sequence[str] = CAMERAS) -> dict:
     for cam in cameras:
         features[f"observation.images.{cam}"] = {"dtype": "video",
                                                  "shape": [image_size, image_size, 3]}
+    if depth_size is not None:
+        for cam in cameras:
+            features[f"observation.depth.{cam}"] = {"dtype": "uint16", "shape": [depth_size, depth_size],
+                                                    "names": ["height", "width"]}
     features["next.reward"] = {"dtype": "float32", "shape": [1]}
     return features
 
 
-def demo_frames(demo: Demo) -> dict[str, np.ndarray]:
+def demo_frames(demo: Demo, depth_size: int | None = None) -> dict[str, np.ndarray]:
+    """The episode's columns; with `depth_size`, its rendered depth in millimetres at that size."""
+    from lingvla.data.depth import encode_depth, resize_depth
+
     frames = {"observation.state": demo.states, "action": demo.actions,
               "next.reward": demo.rewards[:, None]}
     for cam, video in demo.images.items():
         frames[f"observation.images.{cam}"] = video
+    if depth_size is not None:
+        if not demo.depth:
+            raise ValueError(f"demo of seed {demo.seed} has no depth: generate it with render_depth=True")
+        for cam, depth in demo.depth.items():
+            frames[f"observation.depth.{cam}"] = np.stack([encode_depth(resize_depth(d, depth_size))
+                                                           for d in depth])
     return frames
 
 
@@ -182,9 +196,12 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
                      seed_start: int = DEMO_SEED_START, image_size: int = 96,
                      cameras: Sequence[str] = CAMERAS, workers: int = 2,
                      steps: int = EPISODE_STEPS, max_attempts: int | None = None,
-                     overwrite: bool = False, progress: bool = True) -> GenerationReport:
+                     overwrite: bool = False, progress: bool = True, depth: bool = False,
+                     depth_size: int | None = None) -> GenerationReport:
     """Generate `num_episodes` successful demonstrations and write them as a LeRobot v3.0
-    dataset at `out`. Gives up after `max_attempts` seeds (default 2 * num_episodes + 10)."""
+    dataset at `out`. Gives up after `max_attempts` seeds (default 2 * num_episodes + 10).
+    `depth`: also render depth and store it per camera (`observation.depth.<cam>`, uint16 mm) at
+    `depth_size` (default: image_size; nearest samples of the image-size render)."""
     from lingvla.data.lerobot import LeRobotDatasetWriter
 
     task_spec = get_task(task)
@@ -193,8 +210,13 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     max_attempts = 2 * num_episodes + 10 if max_attempts is None else max_attempts
     last_seed = min(seed_start + max_attempts, EVAL_SEED_START) - 1
     check_demo_seeds([seed_start])
+    if depth_size is not None and not depth:
+        raise ValueError("depth_size is given but depth is off")
+    depth_size = (depth_size or image_size) if depth else None
+    if depth_size is not None and depth_size < 1:
+        raise ValueError(f"depth_size must be >= 1; got {depth_size}")
     writer = LeRobotDatasetWriter(out, fps=FPS, robot_type="aloha",
-                                  features=demo_features(image_size, cameras),
+                                  features=demo_features(image_size, cameras, depth_size),
                                   overwrite=overwrite)
     bar = None
     if progress:
@@ -203,11 +225,11 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     kept, failed, firsts = [], [], []
     start = time.perf_counter()
     demos = iter_demos(task, iter(range(seed_start, last_seed + 1)), image_size=image_size,
-                       cameras=cameras, steps=steps, workers=workers)
+                       cameras=cameras, render_depth=depth, steps=steps, workers=workers)
     try:
         for demo in demos:
             if demo.success:
-                writer.add_episode(task=task_spec.prompt, frames=demo_frames(demo))
+                writer.add_episode(task=task_spec.prompt, frames=demo_frames(demo, depth_size))
                 kept.append(demo.seed)
                 firsts.append(demo.first_success_step)
             else:
