@@ -31,6 +31,13 @@ class DataConfig:
     num_workers: int = 2
     on_bad_sample: str = "raise"  # or "skip" (skip-and-count, reported at the end)
     embodiment_paths: list[str] = field(default_factory=list)  # extra user YAML registries
+    # Depth distillation (model.depth.enabled): the teacher of the targets. "sim-depth": the datasets'
+    # true depth maps (observation.depth.<cam>); "hf-depth": a local transformers depth model
+    # (depth_teacher_path) on the camera images. Run online on each batch, or with depth_cache
+    # read from DATASET/depth_cache/<depth_teacher> (`lingvla depth-cache`).
+    depth_teacher: str = "sim-depth"
+    depth_teacher_path: str | None = None
+    depth_cache: bool = False
 
 
 @dataclass
@@ -45,7 +52,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     freeze_vision: bool = False
     freeze_llm: bool = False  # the VLM stream's token embedding, decoder layers and final norm
-    # Parameter-name substring -> learning-rate multiplier (e.g. {"depth": 10.0}).
+    # Parameter-name substring -> learning-rate multiplier (e.g. {"depth": 10.0}). Left empty with
+    # model.depth.enabled, the depth parameters get the paper's 10x ({"depth": 10.0}).
     lr_multipliers: dict[str, float] = field(default_factory=dict)
 
 
@@ -92,6 +100,13 @@ class TrainConfig:
             raise ValueError(f"parallel.attn_backend={self.parallel.attn_backend!r}")
         if self.data.on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"data.on_bad_sample={self.data.on_bad_sample!r}; expected raise or skip")
+        if self.data.depth_teacher not in ("sim-depth", "hf-depth"):
+            raise ValueError(f"data.depth_teacher={self.data.depth_teacher!r}; expected sim-depth or hf-depth")
+        if (self.model.depth.enabled and self.data.depth_teacher == "hf-depth" and not self.data.depth_cache
+                and not self.data.depth_teacher_path):
+            raise ValueError("data.depth_teacher=hf-depth runs online: set data.depth_teacher_path to a local "
+                             "depth model directory, or precompute with `lingvla depth-cache` and set "
+                             "data.depth_cache=true")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -72,13 +72,45 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
         if not p.requires_grad:
             continue
         mult = 1.0
-        for pattern, value in o.lr_multipliers.items():
+        for pattern, value in lr_multipliers(config).items():
             if pattern in name:
                 mult = float(value)
         groups.setdefault(mult, []).append(p)
     if not groups:
         raise ValueError("every parameter is frozen: nothing to train")
     return [{"params": ps, "lr": o.lr * m, "lr_mult": m} for m, ps in sorted(groups.items())]
+
+
+def lr_multipliers(config: TrainConfig) -> dict[str, float]:
+    """optim.lr_multipliers; when empty with depth distillation on, the paper's 10x for depth."""
+    if not config.optim.lr_multipliers and config.model.depth.enabled:
+        return {"depth": 10.0}
+    return config.optim.lr_multipliers
+
+
+def check_depth_data(config: TrainConfig) -> None:
+    """With depth distillation on, fail before training unless every dataset has what the targets
+    need: the depth maps (sim-depth online) or a matching depth cache (data.depth_cache)."""
+    from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
+    from lingvla.data.samples import RobotDataset
+
+    m, d = config.model, config.data
+    registry = load_registry(d.embodiment_paths or None)
+    for spec in d.datasets:
+        dataset = RobotDataset(spec["path"], spec.get("embodiment"), action_dim=m.action_dim,
+                               chunk_size=m.chunk_size, image_size=m.image_size,
+                               camera_slots=CAMERA_SLOTS[:m.num_cameras], registry=registry,
+                               depth=not d.depth_cache and d.depth_teacher == "sim-depth",
+                               depth_cache=d.depth_teacher if d.depth_cache else None)
+        cache = dataset.depth_cache
+        if cache is not None and cache.shape != (m.depth.num_latents, m.depth.teacher_dim):
+            raise ValueError(f"depth cache {cache.dir} holds {cache.shape[0]} tokens x {cache.shape[1]}; the "
+                             f"model wants depth.num_latents={m.depth.num_latents} x depth.teacher_dim="
+                             f"{m.depth.teacher_dim}")
+        cached_path = cache.meta.get("teacher_path") if cache is not None else None
+        if cached_path and d.depth_teacher_path and Path(d.depth_teacher_path).resolve() != Path(cached_path):
+            raise ValueError(f"depth cache {cache.dir} was computed with the teacher {cached_path}; "
+                             f"data.depth_teacher_path is {d.depth_teacher_path}")
 
 
 def real_entries(batch: dict) -> int:
@@ -252,6 +284,15 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     elif device.type == "cuda":
         model_config.attn_backend = "flex"
     norm_path = prepare_norm_stats(config, out_dir, dist_info)
+    depth_on = model_config.depth.enabled
+    teacher = None
+    if depth_on:
+        check_depth_data(config)
+        if not config.data.depth_cache:
+            from lingvla.model.depth import make_teacher
+
+            teacher = make_teacher(config.data.depth_teacher, model_config.depth,
+                                   config.data.depth_teacher_path).to(device)
 
     model = build_model(model_config)
     tokenizer = model.prompt_tokenizer.tokenizer
@@ -274,7 +315,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         num_cameras=model_config.num_cameras, weights=config.data.weights, seed=config.seed,
         num_workers=config.data.num_workers, rank=dist_info.rank, world_size=world,
         on_bad_sample=config.data.on_bad_sample, normalization_mode=config.data.normalization,
-        embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda")
+        embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda",
+        depth=teacher is not None and config.data.depth_teacher == "sim-depth",
+        depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None)
 
     ckpt_root = out_dir / "checkpoints"
     start_step = 0
@@ -317,13 +360,20 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             total = dist_info.all_reduce_sum(total).item()
             t_fwd = t_bwd = 0.0
             weighted_loss = torch.zeros((), dtype=torch.float64)
+            weighted_depth = torch.zeros((), dtype=torch.float64)
             for micro, batch in enumerate(micro_batches):
                 noise, t = step_noise(config, step, micro, rows, shape)
                 sync()
                 t1 = time.perf_counter()
+                if teacher is not None:  # online targets, outside autocast and the graph
+                    source = batch["depth"] if config.data.depth_teacher == "sim-depth" else batch["images"]
+                    with torch.no_grad():
+                        batch["depth_targets"] = teacher(source.to(device, non_blocking=True))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, _ = model(batch, noise=noise.to(device), t=t.to(device))
+                    loss, info = model(batch, noise=noise.to(device), t=t.to(device))
                 share = real_entries(batch) / total
+                if depth_on:
+                    weighted_depth += info["depth_loss"].double().cpu() * share
                 sync()
                 t2 = time.perf_counter()
                 (loss * share * world).backward()
@@ -351,6 +401,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             record = {"step": step + 1, "loss": step_loss, "lr": o.lr * lr_factor(step, config),
                       "grad_norm": float(grad_norm), "samples_per_s": config.batch_size / step_time,
                       "data_s": t_data, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": t_opt}
+            if depth_on:
+                record["depth_loss"] = dist_info.all_reduce_sum(weighted_depth).item()
             if writer is not None:
                 writer.write(record)
             bar.update(1)
