@@ -67,7 +67,7 @@ def test_ensembling_smooths_boundaries_of_jumpy_chunks():
 def test_rtc_sends_the_plan_and_executes_committed_actions_during_the_delay(asynchronous):
     h, s, d = 10, 5, 3
     make = lambda j, k: np.full((h, 2), 100.0 * j) + np.arange(h)[:, None]  # noqa: E731  (ignores the prefix)
-    src = Source(make, sleep=0.01 if asynchronous else 0.0)
+    src = Source(make, sleep=0.05 if asynchronous else 0.0)
     broker = ActionBroker(src, mode="rtc", execute_horizon=s, delay=d, asynchronous=asynchronous)
     out = drive(broker, 22)
     broker.close()
@@ -85,7 +85,7 @@ def test_rtc_sends_the_plan_and_executes_committed_actions_during_the_delay(asyn
         np.testing.assert_array_equal(out[k + d], make(j, k)[d])
     assert broker.switches == [0, 8, 13, 18]
     if asynchronous:
-        assert src.thread_names == {"lingvla-broker_0", "MainThread"}
+        assert any(name.startswith("lingvla-broker") for name in src.thread_names)
         assert broker.stalls == 3  # these ticks take no time, so every switch waits for its chunk
     else:
         assert broker.stalls == 0
@@ -121,3 +121,20 @@ def test_configuration_errors():
         ActionBroker(src, mode="average")
     with pytest.raises(ValueError, match="expected 4"):
         ActionBroker(src, chunk_size=4, execute_horizon=2).act({"tick": 0})
+
+
+def test_async_requests_see_a_snapshot_of_the_observation():
+    seen = []
+
+    def source(obs, prefix_actions=None, prefix_delay=0):
+        time.sleep(0.02)  # the robot moves on (and reuses its buffer) meanwhile
+        seen.append(float(obs["image"][0]))
+        return np.zeros((8, 1))
+
+    broker = ActionBroker(source, mode="chunk", execute_horizon=4, delay=2, asynchronous=True)
+    buffer = {"image": np.zeros(1)}
+    for k in range(8):
+        buffer["image"][:] = k  # written in place, like a renderer's output array
+        broker.act(buffer)
+    broker.close()
+    assert seen == [0.0, 4.0]

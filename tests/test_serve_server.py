@@ -285,3 +285,31 @@ def test_cli_serve_exits_0_on_sigterm(tiny_checkpoint, tmp_path):
             proc.kill()
         proc.wait()
     assert "stopped" in log.read_text()
+
+
+def test_broker_drives_real_time_chunking_through_the_server(server):
+    from lingvla.serve.broker import ActionBroker
+
+    class Recording:
+        def __init__(self, client):
+            self.client, self.calls = client, []
+
+        def infer(self, obs):
+            out = self.client.infer(obs)
+            self.calls.append((obs, out["actions"]))
+            return out
+
+    client = WebsocketClientPolicy("127.0.0.1", server.port)
+    remote = Recording(client)
+    broker = ActionBroker(remote, mode="rtc", execute_horizon=20, delay=4, asynchronous=True)
+    actions = np.stack([broker.act(observation()) for _ in range(30)])
+    broker.close()
+    client._ws.close()
+    assert broker.switches == [0, 24] and len(remote.calls) == 2
+    (first_obs, first), (obs, second) = remote.calls
+    assert "prefix_actions" not in first_obs
+    np.testing.assert_array_equal(obs["prefix_actions"], first[20:])  # the plan from tick 20 on
+    assert obs["prefix_delay"] == 4
+    np.testing.assert_array_equal(second[:4], first[20:24])  # the server kept the committed actions
+    np.testing.assert_array_equal(actions[:24], first[:24])
+    np.testing.assert_array_equal(actions[24:], second[4:10])

@@ -163,7 +163,9 @@ class ActionBroker:
         args = (obs, prefix, delay) if prefix is not None else (obs, None, 0)
         chunk = _Chunk(start=self.tick, available=self.tick + delay)
         if self._executor is not None and delay > 0:
-            chunk.future = self._executor.submit(self._call_source, *args)
+            # The robot may refill its buffers (a simulator renders into the same arrays) while
+            # the request runs: the background thread gets its own copy.
+            chunk.future = self._executor.submit(self._call_source, _snapshot(args[0]), *args[1:])
         else:
             chunk.actions = self._call_source(*args)
         return chunk
@@ -207,6 +209,14 @@ class ActionBroker:
         weights = ensemble_weights(len(chunks), self.ensemble_decay)
         rows = np.stack([c.actions[self.tick - c.start] for c in chunks])
         return (weights[:, None] * rows).sum(0).astype(np.float32)
+
+
+def _snapshot(obs):
+    if isinstance(obs, dict):
+        return {k: _snapshot(v) for k, v in obs.items()}
+    if isinstance(obs, np.ndarray):
+        return obs.copy()
+    return obs
 
 
 def ensemble_weights(n: int, decay: float) -> np.ndarray:
