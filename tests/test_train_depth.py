@@ -89,7 +89,7 @@ def test_missing_depth_fails_before_training(tmp_path, one_thread):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was taken
 
 
-def test_train_with_depth_logs_a_falling_depth_loss(tmp_path, sim_dataset, one_thread, capsys):
+def test_train_with_depth_logs_a_falling_depth_loss(tmp_path, sim_dataset, one_thread):
     out = tmp_path / "online"
     assert cli(["train", *overrides(sim_dataset, out), "--no-progress"]) == 0
     online = records(out)
