@@ -12,8 +12,9 @@ action/state width (config.action_dim), H = W = config.image_size.
     action_dim_mask bool   [B, D]           True on the robot's real dims
     action_is_pad   bool   [B, T]           True for chunk steps past the episode end (training only)
 
-Optional: `embodiment` list[str] (for bookkeeping/normalization), `depth_tokens` float
-[B, C, N, Dt] (precomputed depth-teacher targets).
+Optional: `embodiment` list[str] (bookkeeping), `depth` float [B, C, H, W] (metres, for an online
+depth teacher), `depth_targets` float [B, C, N, Dt] (depth-teacher tokens; required when the
+model's depth distillation is on).
 """
 
 from __future__ import annotations

@@ -48,7 +48,9 @@ def init_distributed(device: torch.device, parallel: ParallelConfig) -> Distribu
         return Distributed()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Small bookkeeping reductions (loss, entry counts) run on CPU tensors: give CPU tensors
+        # gloo next to NCCL.
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
     replicate = parallel.dp_replicate
     shard = parallel.dp_shard if parallel.dp_shard > 0 else world // replicate
