@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -271,6 +272,11 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"batch_size={config.batch_size} must split into grad_accum={config.grad_accum} "
                          f"micro-batches divisible by the {world} processes")
     micro_local = micro_global // world
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Oversubscribed cores (compute threads + loader workers + other ranks) make CPU steps
+        # several times slower: give compute what the workers and other ranks leave.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // world - config.data.num_workers))
     out_dir = Path(config.output_dir)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
