@@ -186,3 +186,49 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
         train(config, progress=False)
     assert list_complete(tmp_path / "nan") == [2, 4]
     assert not (tmp_path / "nan" / "export").exists()
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(dataset, tmp_path):
+    plain = load_train_config(None, overrides(dataset, tmp_path / "plain", steps=3, save_every=100))
+    ckpt = load_train_config(None, overrides(dataset, tmp_path / "ac", steps=3, save_every=100,
+                                             **{"parallel.activation_checkpointing": "true"}))
+    train(plain, progress=False)
+    train(ckpt, progress=False)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "ac")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5)
+    # The export holds plain parameter names (no wrapper prefixes): it loads strictly.
+    from lingvla.model.policy import LingVLA
+
+    LingVLA.from_pretrained(tmp_path / "ac" / "export")
+
+
+def test_bf16_fsdp_tracks_fp32(dataset, tmp_path):
+    args = overrides(dataset, tmp_path / "bf16", steps=3, save_every=100,
+                     **{"parallel.mixed_precision": "bf16"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
+           "-m", "lingvla.cli", "train", *args, "--no-progress"]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ref = load_train_config(None, overrides(dataset, tmp_path / "fp32", steps=3, save_every=100))
+    train(ref, progress=False)
+    low, full = losses(tmp_path / "bf16"), losses(tmp_path / "fp32")
+    for step in full:
+        assert low[step] == pytest.approx(full[step], rel=3e-2), (low, full)
+    # Master weights stay fp32: the export is fp32.
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "bf16" / "export" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+
+@pytest.mark.slow
+def test_compiled_layers_match_eager(dataset, tmp_path):
+    eager = load_train_config(None, overrides(dataset, tmp_path / "eager", steps=2, save_every=100))
+    compiled = load_train_config(None, overrides(dataset, tmp_path / "compiled", steps=2, save_every=100,
+                                                 **{"parallel.compile": "true"}))
+    train(eager, progress=False)
+    train(compiled, progress=False)
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
