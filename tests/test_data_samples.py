@@ -168,3 +168,25 @@ def test_worker_processes_after_use_in_main(data):
     got = [b for _, b in zip(range(2), loader)]
     assert torch.equal(torch.cat([b["images"] for b in got]), expected["images"])
     assert torch.equal(torch.cat([b["actions"] for b in got]), expected["actions"])
+
+
+def test_episode_frames_window(data):
+    whole = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32)
+    window = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+                          episode_frames=[5, 45])
+    # episode 0 has 40 frames (5..39 kept), episode 1 has 60 (5..44 kept)
+    assert len(window) == 35 + 40
+    assert window.hours == pytest.approx(whole.hours * 75 / 100)
+    for i, j in [(0, 5), (34, 39), (35, 45), (74, 84)]:
+        a, b = window[i], whole[j]
+        np.testing.assert_array_equal(a["state"].numpy(), b["state"].numpy())
+        # chunks still read past the window's end
+        np.testing.assert_array_equal(a["actions"].numpy(), b["actions"].numpy())
+        np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
+    loader = make_dataloader([{"path": data["aloha"], "embodiment": "aloha", "episode_frames": [0, 3]}],
+                             batch_size=6, norm_stats=data["stats"], chunk_size=10, image_size=32)
+    assert len(loader.dataset) == 6
+    with pytest.raises(ValueError, match="episode_frames"):
+        RobotDataset(data["aloha"], "aloha", episode_frames=[10, 5])
+    with pytest.raises(ValueError, match="selects no frame"):
+        RobotDataset(data["aloha"], "aloha", episode_frames=[100, None])

@@ -143,6 +143,22 @@ def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
 
     LingVLA.from_pretrained(tmp_path / "two" / "export")
     assert list_complete(tmp_path / "two") == [2, 4]
+    # `lingvla export`: the step-4 checkpoint (written by 2 FSDP ranks) exports the final weights.
+    from safetensors.torch import load_file
+
+    from lingvla.cli import main as cli
+    from lingvla.train.loop import export_checkpoint
+
+    assert cli(["export", str(tmp_path / "two")]) == 0
+    final = load_file(tmp_path / "two" / "export" / "model.safetensors")
+    latest = load_file(tmp_path / "two" / "export_step_00000004" / "model.safetensors")
+    early = load_file(export_checkpoint(tmp_path / "two", step=2) / "model.safetensors")
+    assert final.keys() == latest.keys() == early.keys()
+    assert all(torch.equal(final[k], latest[k]) for k in final)
+    assert any(not torch.equal(final[k], early[k]) for k in final)
+    LingVLA.from_pretrained(tmp_path / "two" / "export_step_00000002")
+    with pytest.raises(FileNotFoundError, match=r"steps saved: \[2, 4\]"):
+        export_checkpoint(tmp_path / "two", step=3)
 
 
 def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path):

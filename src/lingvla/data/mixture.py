@@ -258,10 +258,10 @@ def _dataset_specs(datasets) -> list[dict]:
                 spec["weight"] = item[2]
         else:
             spec = {"root": item}
-        unknown = set(spec) - {"root", "embodiment", "weight"}
+        unknown = set(spec) - {"root", "embodiment", "weight", "episode_frames"}
         if unknown or "root" not in spec:
             raise ValueError(f"dataset spec {item!r}: use a path, (path, embodiment[, weight]) or "
-                             "{root, embodiment, weight}")
+                             "{root, embodiment, weight, episode_frames}")
         specs.append(spec)
     return specs
 
@@ -277,7 +277,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     """A resumable loader of training batches over a weighted mixture of datasets.
 
     datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
-        {"root", "embodiment", "weight"} dicts; weights given there override ``weights``.
+        {"root", "embodiment", "weight", "episode_frames"} dicts; weights given there override
+        ``weights``; episode_frames [start, stop] keeps that window of each episode (RobotDataset).
     norm_stats: norm_stats.json path or dict holding every embodiment of the mixture.
     weights: "hours" (default), "frames", "uniform" or a list, one per dataset.
     rank/world_size: default to torch.distributed's when it is initialised, else 0/1.
@@ -305,7 +306,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                             camera_slots=CAMERA_SLOTS[:num_cameras], normalization_mode=normalization_mode,
                             min_scale=DEFAULT_MIN_SCALE if min_scale is None else min_scale, clip=clip,
                             registry=registry, on_bad_sample=on_bad_sample, depth=depth,
-                            depth_cache=depth_cache) for s in specs]
+                            depth_cache=depth_cache, episode_frames=s.get("episode_frames"))
+               for s in specs]
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):
         if any(w is None for w in explicit):

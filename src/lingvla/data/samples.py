@@ -54,6 +54,11 @@ class RobotDataset(torch.utils.data.Dataset):
             works, and counted in ``skipped`` (per process) and in the sample's "_skipped" entry.
         depth: also return "depth" (needs the observation.depth.<cam> features).
         depth_cache: a teacher name: also return "depth_targets" from DATASET/depth_cache/<name>.
+        episode_frames: (start, stop): sample only frames start <= f < stop of each episode (stop
+            None: to the episode's end); action chunks still read the frames after stop. Mixing the
+            same dataset twice, once whole and once with a short window, oversamples a phase (such
+            as episode starts, where only the images tell where the object is); a window that ends
+            soon after the task succeeds drops frames of holding still.
     """
 
     def __init__(self, root, embodiment=None, *, norm_stats=None, action_dim: int = 32,
@@ -61,7 +66,7 @@ class RobotDataset(torch.utils.data.Dataset):
                  normalization_mode: str = "quantile", min_scale: float = DEFAULT_MIN_SCALE,
                  clip: float | None = None, registry=None, on_bad_sample: str = "raise",
                  max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4,
-                 depth: bool = False, depth_cache: str | None = None):
+                 depth: bool = False, depth_cache: str | None = None, episode_frames=None):
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
@@ -83,8 +88,9 @@ class RobotDataset(torch.utils.data.Dataset):
             require_depth_features(self.source, self.camera_keys)
             if self.source.columns is not None:
                 self.source.columns += [depth_key(k) for k in self.camera_keys if k is not None]
+        self.frames = None if episode_frames is None else frame_window(self.source, episode_frames)
         self.depth_cache = None if depth_cache is None else DepthCache(
-            self.source.root, depth_cache, num_frames=len(self), image_size=self.image_size,
+            self.source.root, depth_cache, num_frames=self.source.num_frames, image_size=self.image_size,
             camera_keys=self.camera_keys)
         if isinstance(norm_stats, Normalizer) or norm_stats is None:
             self.normalizer = norm_stats
@@ -104,11 +110,11 @@ class RobotDataset(torch.utils.data.Dataset):
         self._columns = self.embodiment.columns()
 
     def __len__(self) -> int:
-        return self.source.num_frames
+        return self.source.num_frames if self.frames is None else len(self.frames)
 
     @property
     def hours(self) -> float:
-        return self.source.hours
+        return self.source.hours * len(self) / max(self.source.num_frames, 1)
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
@@ -128,8 +134,11 @@ class RobotDataset(torch.utils.data.Dataset):
                              f"{self.source.root}; last: {reasons[-1]}")
 
     def sample(self, index: int) -> dict:
-        """The sample of frame ``index``; raises BadSampleError on bad data."""
+        """The sample of frame ``index`` (of the window, with episode_frames); raises BadSampleError
+        on bad data."""
         src, emb = self.source, self.embodiment
+        if self.frames is not None:
+            index = int(self.frames[index])
         ep, frame = src.locate(index)
         episode = src.episodes[ep]
         columns, first = src.episode_rows(ep)
@@ -185,6 +194,25 @@ class RobotDataset(torch.utils.data.Dataset):
             "embodiment": emb.name,
             **extra,
         }
+
+
+def frame_window(source: LeRobotDataset, window) -> np.ndarray:
+    """Dataset positions of the frames start <= f < stop of every episode, in order."""
+    try:
+        start, stop = window
+        start, stop = int(start), (None if stop is None else int(stop))
+    except (TypeError, ValueError):
+        raise ValueError(f"episode_frames must be [start, stop] (stop may be null); got {window!r}") from None
+    if start < 0 or (stop is not None and stop <= start):
+        raise ValueError(f"episode_frames [{start}, {stop}]: need 0 <= start < stop")
+    positions = []
+    for ep, episode in enumerate(source.episodes):
+        end = episode.length if stop is None else min(stop, episode.length)
+        positions.append(source.episode_start(ep) + np.arange(min(start, end), end))
+    positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if len(positions) == 0:
+        raise ValueError(f"episode_frames [{start}, {stop}] selects no frame of {source.root}")
+    return positions.astype(np.int64)
 
 
 def collate(samples: list[dict]) -> dict:

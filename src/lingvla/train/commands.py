@@ -16,6 +16,15 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.set_defaults(func=run_train)
 
     p = commands.add_parser(
+        "export", help="inference directory from a training checkpoint (e.g. to evaluate step N)",
+        description="Write an inference directory, as a finished run writes to OUTPUT_DIR/export, from "
+                    "one of the run's training checkpoints (OUTPUT_DIR/checkpoints/step_N).")
+    p.add_argument("run_dir", metavar="OUTPUT_DIR", help="the output_dir of `lingvla train`")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", default=None, help="default: OUTPUT_DIR/export_step_NNNNNNNN")
+    p.set_defaults(func=run_export)
+
+    p = commands.add_parser(
         "depth-cache", help="precompute depth-teacher tokens of every frame -> DATASET/depth_cache/TEACHER",
         description="Run a depth teacher once over every frame and camera of a LeRobot dataset and store "
                     "its tokens (float16 .npy per camera + meta.json) in DATASET_DIR/depth_cache/TEACHER/, "
@@ -68,6 +77,18 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", flush=True)
         return 3
     print(json.dumps(summary), flush=True)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from lingvla.train.loop import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.run_dir, args.step, args.out)
+    except FileNotFoundError as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    print(json.dumps({"export": str(out)}), flush=True)
     return 0
 
 

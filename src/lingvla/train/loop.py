@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -446,3 +447,40 @@ def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
 
     registry = load_registry(config.data.embodiment_paths or None)
     return {name: registry.get(name).to_spec() for name in norm_stats.get("norm_stats", {})}
+
+
+def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:
+    """Write an inference directory (as a finished run's export/) from a training checkpoint of
+    `run_dir` (default: its latest); out defaults to RUN_DIR/export_step_NNNNNNNN."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from lingvla.model.policy import build_model
+    from lingvla.train.config import load_train_config
+
+    run_dir = Path(run_dir)
+    config_path, norm_path = run_dir / "train_config.yaml", run_dir / "norm_stats.json"
+    for path in (config_path, norm_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {run_dir} is not a `lingvla train` output directory")
+    found = dict(list_checkpoints(run_dir / "checkpoints"))
+    if not found:
+        raise FileNotFoundError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
+    if step is None:
+        step = max(found)
+    elif step not in found:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {run_dir / 'checkpoints'}; "
+                                f"steps saved: {sorted(found)}")
+    config = load_train_config(str(config_path))
+    model = build_model(config.model)
+    state = {"model": get_model_state_dict(model)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(found[step]))
+    set_model_state_dict(model, state["model"])
+    norm_stats = json.loads(norm_path.read_text())
+    out = Path(out) if out is not None else run_dir / f"export_step_{step:08d}"
+    summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step])}
+    return export_inference(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer,
+                            norm_stats, _embodiment_specs(config, norm_stats),
+                            {"train_config": config.to_dict(), "summary": summary})
