@@ -34,14 +34,20 @@ DEMO_RECIPE: dict = {
                 "intermediate_size": 256},
         "expert": {"hidden_size": 128, "intermediate_size": 256},
         "chunk_size": 50,
+        "max_token_len": 24,
+        "loss": "l1",
+        "initializer_range": 0.08,
     },
-    "data": {"num_workers": 1},
+    "data": {"num_workers": 1, "normalization": "mean_std"},
     "batch_size": 32,
-    "steps": 2000,
-    "optim": {"lr": 3.0e-4, "warmup_steps": 200},
+    "steps": 3000,
+    "optim": {"lr": 5.0e-4, "warmup_steps": 100},
     "save_every": 1000,
     "tensorboard": False,
 }
+# Frames of each demonstration trained on: up to ~20 steps after success, plus the episode starts
+# again (where only the top camera tells where the cube is), as weights of one mixture.
+DEMO_WINDOWS = (((0, 240), 0.7), ((0, 40), 0.3))
 TIMED_STEPS = 20         # warm-up steps timed to size the run (within the lr warm-up)
 MIN_STEPS = 50
 EVAL_SETUP_S = 60.0      # evaluation: loading, pre-flight, videos
@@ -92,7 +98,8 @@ def demo_train_config(data_dir: Path, train_dir: Path, image_size: int, override
 
     raw = json.loads(json.dumps(DEMO_RECIPE))
     raw["model"]["image_size"] = image_size
-    raw["data"]["datasets"] = [{"path": str(data_dir), "embodiment": "aloha"}]
+    raw["data"]["datasets"] = [{"path": str(data_dir), "embodiment": "aloha", "episode_frames": list(window),
+                                "weight": weight} for window, weight in DEMO_WINDOWS]
     raw["output_dir"] = str(train_dir)
     # Full structure first, so every key can be overridden (as on the train command line).
     full = TrainConfig.from_dict(raw).to_dict()
