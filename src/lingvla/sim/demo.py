@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .seeds import EVAL_SEED_START
 
-# The demo's recipe: configs/aloha_transfer_cube.yaml with fewer steps (see docs/sim.md for the
+# The demo's recipe: configs/aloha_transfer_cube.yaml on 50 demonstrations (docs/recipes.md has the
 # runs behind it). Paths and the step count are filled in by run_demo.
 DEMO_TASK = "transfer_cube"
 DEMO_EPISODES = 50
