@@ -209,10 +209,10 @@ def frame_window(source: LeRobotDataset, window) -> np.ndarray:
     for ep, episode in enumerate(source.episodes):
         end = episode.length if stop is None else min(stop, episode.length)
         positions.append(source.episode_start(ep) + np.arange(min(start, end), end))
-    positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    positions = np.concatenate([np.zeros(0, np.int64), *positions]).astype(np.int64)
     if len(positions) == 0:
         raise ValueError(f"episode_frames [{start}, {stop}] selects no frame of {source.root}")
-    return positions.astype(np.int64)
+    return positions
 
 
 def collate(samples: list[dict]) -> dict:

@@ -430,15 +430,21 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
                "export": str(export_dir), "world_size": world, "skipped_samples": loader.skipped,
                "wall_s": round(time.perf_counter() - run_start, 2)}
     if dist_info.is_main:
-        norm_stats = json.loads(Path(norm_path).read_text())
-        embodiments = _embodiment_specs(config, norm_stats)
-        export_inference(export_dir, state, model_config, tokenizer, norm_stats, embodiments,
-                         {"train_config": config.to_dict(), "summary": summary})
+        _export(export_dir, state, model_config, tokenizer, config, norm_path, summary)
         plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
         if loader.skipped:
             print(f"skipped {loader.skipped} bad samples; last reasons: {loader.skip_reasons[-3:]}", flush=True)
     dist_info.barrier()
     return summary
+
+
+def _export(out: Path, state: dict, model_config, tokenizer, config: TrainConfig, norm_path,
+            summary: dict) -> Path:
+    """The inference directory of a run: weights, its norm stats and embodiment specs, train_info."""
+    norm_stats = json.loads(Path(norm_path).read_text())
+    return export_inference(out, state, model_config, tokenizer, norm_stats,
+                            _embodiment_specs(config, norm_stats),
+                            {"train_config": config.to_dict(), "summary": summary})
 
 
 def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
@@ -478,9 +484,7 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load(state, checkpoint_id=str(found[step]))
     set_model_state_dict(model, state["model"])
-    norm_stats = json.loads(norm_path.read_text())
     out = Path(out) if out is not None else run_dir / f"export_step_{step:08d}"
     summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step])}
-    return export_inference(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer,
-                            norm_stats, _embodiment_specs(config, norm_stats),
-                            {"train_config": config.to_dict(), "summary": summary})
+    return _export(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer, config,
+                   norm_path, summary)
