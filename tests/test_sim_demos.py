@@ -89,9 +89,56 @@ def test_workers_keep_seed_order_and_results():
         np.testing.assert_array_equal(a.rewards, b.rewards)
 
 
-def test_demos_refuse_evaluation_seeds(tmp_path):
+def test_demos_refuse_evaluation_seeds(tmp_path, capsys):
     with pytest.raises(SeedRangeError):
         generate_demo("transfer_cube", EVAL_SEED_START, image_size=16, steps=5)
-    with pytest.raises(SeedRangeError):
-        run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"),
-                 "--seed-start", str(EVAL_SEED_START), "--workers", "1", "--no-progress"])
+    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"),
+                    "--seed-start", str(EVAL_SEED_START), "--workers", "1", "--no-progress"]) == 2
+    assert "evaluation" in capsys.readouterr().err.lower()
+
+
+def test_corrective_noise_shape_fade_and_determinism():
+    from lingvla.sim.demos import corrective_noise
+    from lingvla.sim.tasks import get_task
+
+    end = get_task("transfer_cube").approach_end - 10
+    noise = corrective_noise("transfer_cube", 3, 0.2)
+    assert noise.shape == (400, 14) and noise.dtype == np.float32
+    assert not noise[:, [6, 13]].any()            # grippers untouched
+    assert not noise[0].any() and not noise[end:].any()  # starts at the plan, back on it before the grasp
+    assert np.abs(noise[:end - 20]).max() > 0.1   # and really moves the arms in between
+    np.testing.assert_array_equal(noise, corrective_noise("transfer_cube", 3, 0.2))
+    assert not np.array_equal(noise, corrective_noise("transfer_cube", 4, 0.2))
+    np.testing.assert_allclose(corrective_noise("transfer_cube", 3, 0.1), noise / 2, atol=1e-7)
+    assert not corrective_noise("transfer_cube", 3, 0.0).any()
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise scale"):
+            corrective_noise("transfer_cube", 3, bad)
+
+
+def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_path, capsys):
+    from lingvla.data.lerobot import LeRobotDataset
+
+    clean = generate_demo("transfer_cube", 1000, image_size=16)
+    noisy = generate_demo("transfer_cube", 1000, image_size=16, noise=0.2)
+    assert noisy.success  # the noise is faded out before the grasp
+    np.testing.assert_array_equal(noisy.actions, clean.actions)  # labels: the plan
+    arms = [j for j in range(14) if j not in (6, 13)]
+    off = np.abs(noisy.states - clean.states)[:, arms].max(1)
+    assert off[:80].max() > 0.1              # states: off the plan during the approach
+    assert not np.array_equal(noisy.images["top"][50], clean.images["top"][50])
+
+    out = tmp_path / "noisy"
+    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(out), "--noise", "0.2",
+                    "--seed-start", "1000", "--image-size", "16", "--workers", "1",
+                    "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["noise"] == 0.2 and report["seeds"] == [1000, 1000]
+    episode = LeRobotDataset(out).episode_data(0)
+    np.testing.assert_allclose(episode["observation.state"], noisy.states)
+    np.testing.assert_allclose(episode["action"], clean.actions)
+    # A bad scale is refused before anything is written.
+    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"), "--noise", "-1",
+                    "--workers", "1", "--no-progress"]) == 2
+    assert "noise scale" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -28,6 +28,10 @@ def add_commands(commands, bench) -> None:
                      help="also render depth and store it per camera (observation.depth.<cam>, uint16 mm)")
     gen.add_argument("--depth-size", type=int, default=None,
                      help="square size of the stored depth maps (default: --image-size)")
+    gen.add_argument("--noise", type=float, default=0.0,
+                     help="corrective demonstrations: scale in radians of smooth random offsets "
+                          "added to the arm joints during the approach, while the scripted actions "
+                          "are recorded (0: none; the recipes use 0.2)")
     gen.set_defaults(func=_gen_demos)
 
     ev = commands.add_parser(
@@ -84,12 +88,18 @@ def add_commands(commands, bench) -> None:
 
 
 def _gen_demos(args: argparse.Namespace) -> int:
+    import sys
+
     from .demos import generate_dataset
 
-    report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
-                              image_size=args.image_size, workers=args.workers,
-                              overwrite=args.overwrite, progress=not args.no_progress,
-                              depth=args.depth, depth_size=args.depth_size)
+    try:
+        report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
+                                  image_size=args.image_size, workers=args.workers,
+                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  depth=args.depth, depth_size=args.depth_size, noise=args.noise)
+    except (FileExistsError, ValueError) as err:  # bad settings, evaluation seeds, existing output
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     print(report.to_json(), flush=True)
     return 0
 

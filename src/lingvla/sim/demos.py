@@ -8,6 +8,12 @@ replay reaches reward 4. Frame t holds the observation before action t and the r
 Seeds are tried upward from `seed_start` (all must be demonstration seeds, lingvla.sim.seeds)
 until `num_episodes` succeed; the kept episodes are the first successful seeds in order, however
 many worker processes run.
+
+With `noise` > 0 the replay is perturbed (DART-style corrective demonstrations): smooth random
+offsets, `noise` radians in scale, are added to the arm joints' targets during the approach and
+faded out before the first grasp, while the recorded actions stay the scripted ones. The states
+and images then show the arms off the planned path and the actions lead back to it, which a
+policy that misjudges the object's position at first has to learn (docs/recipes.md).
 """
 
 from __future__ import annotations
@@ -39,11 +45,41 @@ class Demo:
     depth: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> float32 [T, H, W] metres
 
 
+ARM_JOINTS = np.array([j for j in range(14) if j not in (6, 13)])  # all but the two grippers
+NOISE_KNOT_STEPS = 25  # the corrective noise changes direction about twice a second
+
+
+def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_STEPS) -> np.ndarray:
+    """float32 [steps, 14] offsets for the arm joints' targets: independent N(0, scale) values at
+    knots every NOISE_KNOT_STEPS steps (zero at step 0), eased between knots, faded linearly to
+    zero over the 20 steps that end 10 steps before the task's approach_end, zero afterwards.
+    Grippers get none. The same (task, seed, scale) always gives the same offsets."""
+    if scale < 0 or not np.isfinite(scale):
+        raise ValueError(f"noise scale must be a finite number >= 0; got {scale}")
+    noise = np.zeros((steps, 14), np.float32)
+    if scale == 0:
+        return noise
+    rng = np.random.default_rng([seed, 0xDA27])
+    knots = np.arange(0, steps + NOISE_KNOT_STEPS, NOISE_KNOT_STEPS)
+    values = rng.normal(0.0, scale, (len(knots), len(ARM_JOINTS)))
+    values[0] = 0.0
+    t = np.arange(steps)
+    segment = np.minimum(t // NOISE_KNOT_STEPS, len(knots) - 2)
+    f = (t - knots[segment]) / NOISE_KNOT_STEPS
+    f = (f * f * (3.0 - 2.0 * f))[:, None]
+    offsets = values[segment] * (1 - f) + values[segment + 1] * f
+    end = get_task(task).approach_end - 10
+    fade = np.clip((end - t) / 20.0, 0.0, 1.0)[:, None]
+    noise[:, ARM_JOINTS] = offsets * fade
+    return noise
+
+
 def generate_demo(task: str, seed: int, *, image_size: int = 96,
                   cameras: Sequence[str] = CAMERAS, render_depth: bool = False,
-                  steps: int = EPISODE_STEPS, env=None) -> Demo:
+                  steps: int = EPISODE_STEPS, env=None, noise: float = 0.0) -> Demo:
     """One scripted demonstration, successful or not; `env` (an AlohaEnv of the same task and
-    cameras, with stop_on_success=False) is reused if given."""
+    cameras, with stop_on_success=False) is reused if given. `noise`: corrective-noise scale in
+    radians (module docstring); the arms execute action + offset, the demo records the action."""
     from .env import AlohaEnv
     from .scripted import record_joint_actions
 
@@ -54,6 +90,7 @@ def generate_demo(task: str, seed: int, *, image_size: int = 96,
                        max_steps=steps, stop_on_success=False)
     try:
         actions = record_joint_actions(task, seed, steps).actions
+        executed = actions + corrective_noise(task, seed, noise, steps)
         size, cams = env.image_size, env.cameras
         images = {cam: np.empty((steps, size, size, 3), np.uint8) for cam in cams}
         depth = ({cam: np.empty((steps, size, size), np.float32) for cam in cams}
@@ -67,7 +104,7 @@ def generate_demo(task: str, seed: int, *, image_size: int = 96,
         for t in range(steps):
             states[t] = obs["state"]
             last = t + 1 == steps
-            obs, reward, _, _ = env.step(actions[t], render=not last,
+            obs, reward, _, _ = env.step(executed[t], render=not last,
                                          out=None if last else out(t + 1))
             rewards[t] = reward
             if reward == MAX_REWARD and first_success is None:
@@ -93,13 +130,13 @@ def _init_worker(task: str, image_size: int, cameras: tuple[str, ...], render_de
                            render_depth=render_depth, max_steps=steps, stop_on_success=False)
 
 
-def _worker_demo(task: str, seed: int, steps: int) -> Demo:
-    return generate_demo(task, seed, steps=steps, env=_worker_env)
+def _worker_demo(task: str, seed: int, steps: int, noise: float) -> Demo:
+    return generate_demo(task, seed, steps=steps, env=_worker_env, noise=noise)
 
 
 def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
                cameras: Sequence[str] = CAMERAS, render_depth: bool = False,
-               steps: int = EPISODE_STEPS, workers: int = 2) -> Iterator[Demo]:
+               steps: int = EPISODE_STEPS, workers: int = 2, noise: float = 0.0) -> Iterator[Demo]:
     """Demos for `seeds` in order (successful or not), generated by `workers` processes.
 
     Only a few seeds run ahead of the consumer, so stopping early wastes little work.
@@ -112,7 +149,7 @@ def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
         with AlohaEnv(task, image_size=image_size, cameras=cameras, render_depth=render_depth,
                       max_steps=steps, stop_on_success=False) as env:
             for seed in seeds:
-                yield generate_demo(task, seed, steps=steps, env=env)
+                yield generate_demo(task, seed, steps=steps, env=env, noise=noise)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -123,7 +160,7 @@ def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
     pending: deque = deque()
     try:
         for seed in seeds:
-            pending.append(pool.submit(_worker_demo, task, seed, steps))
+            pending.append(pool.submit(_worker_demo, task, seed, steps, noise))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -177,6 +214,7 @@ class GenerationReport:
     failed_seeds: list[int]
     seconds: float
     first_success_steps: list[int]
+    noise: float = 0.0
 
     @property
     def success_rate(self) -> float:
@@ -188,7 +226,7 @@ class GenerationReport:
             "task": self.task, "dataset": self.dataset, "episodes": self.episodes,
             "attempts": self.attempts, "success_rate": round(self.success_rate, 4),
             "seeds": [self.seeds[0], self.seeds[-1]] if self.seeds else [],
-            "failed_seeds": self.failed_seeds, "seconds": round(self.seconds, 1),
+            "failed_seeds": self.failed_seeds, "noise": self.noise, "seconds": round(self.seconds, 1),
             "median_first_success_step": int(np.median(steps)) if steps else None})
 
 
@@ -197,11 +235,12 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
                      cameras: Sequence[str] = CAMERAS, workers: int = 2,
                      steps: int = EPISODE_STEPS, max_attempts: int | None = None,
                      overwrite: bool = False, progress: bool = True, depth: bool = False,
-                     depth_size: int | None = None) -> GenerationReport:
+                     depth_size: int | None = None, noise: float = 0.0) -> GenerationReport:
     """Generate `num_episodes` successful demonstrations and write them as a LeRobot v3.0
     dataset at `out`. Gives up after `max_attempts` seeds (default 2 * num_episodes + 10).
     `depth`: also render depth and store it per camera (`observation.depth.<cam>`, uint16 mm) at
-    `depth_size` (default: image_size; nearest samples of the image-size render)."""
+    `depth_size` (default: image_size; nearest samples of the image-size render).
+    `noise`: corrective-noise scale in radians (module docstring)."""
     from lingvla.data.lerobot import LeRobotDatasetWriter
 
     task_spec = get_task(task)
@@ -210,6 +249,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     max_attempts = 2 * num_episodes + 10 if max_attempts is None else max_attempts
     last_seed = min(seed_start + max_attempts, EVAL_SEED_START) - 1
     check_demo_seeds([seed_start])
+    corrective_noise(task, seed_start, noise, 1)  # a bad scale fails before the writer starts
     if depth_size is not None and not depth:
         raise ValueError("depth_size is given but depth is off")
     depth_size = (depth_size or image_size) if depth else None
@@ -225,7 +265,8 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     kept, failed, firsts = [], [], []
     start = time.perf_counter()
     demos = iter_demos(task, iter(range(seed_start, last_seed + 1)), image_size=image_size,
-                       cameras=cameras, render_depth=depth, steps=steps, workers=workers)
+                       cameras=cameras, render_depth=depth, steps=steps, workers=workers,
+                       noise=noise)
     try:
         for demo in demos:
             if demo.success:
@@ -247,7 +288,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
             bar.close()
     path = writer.finalize()
     report = GenerationReport(str(path), task, len(kept), len(kept) + len(failed), kept, failed,
-                              time.perf_counter() - start, firsts)
+                              time.perf_counter() - start, firsts, noise)
     if len(kept) < num_episodes:
         raise RuntimeError(f"only {len(kept)} of {num_episodes} demonstrations succeeded in "
                            f"{report.attempts} seeds (dataset written with those): "

@@ -50,6 +50,9 @@ class Task:
     objects: tuple[str, ...]   # free joints of the movable objects, in qpos order
     # Uniform ranges (low, high) of each object's (x, y, z), sampled in this order.
     object_ranges: tuple[tuple[tuple[float, float], ...], ...]
+    # Step by which the scripted arms have reached their first grasp pose (the fingers close
+    # after it): corrective noise in demonstrations (lingvla.sim.demos) is faded out by then.
+    approach_end: int = 90
 
     def sample_object_poses(self, seed: int) -> np.ndarray:
         """Initial object poses [n_objects * 7] (xyz + wxyz quaternion) for a seed.
@@ -73,6 +76,7 @@ TASKS = {
         mocap_model_file="bimanual_viperx_end_effector_transfer_cube.xml",
         objects=("red_box_joint",),
         object_ranges=(((0.0, 0.2), (0.4, 0.6), (0.05, 0.05)),),
+        approach_end=100,   # TransferCubePolicy: down at the cube at 100, closed at 120
     ),
     "insertion": Task(
         name="insertion",
@@ -82,6 +86,7 @@ TASKS = {
         objects=("red_peg_joint", "blue_socket_joint"),
         object_ranges=(((0.1, 0.2), (0.4, 0.6), (0.05, 0.05)),
                        ((-0.2, -0.1), (0.4, 0.6), (0.05, 0.05))),
+        approach_end=95,    # InsertionPolicy.down
     ),
 }
 
