@@ -189,3 +189,34 @@ def test_bad_input_is_a_clear_error(model, change, message):
     change(batch)
     with pytest.raises(ValueError, match=message):
         model.sample_actions(batch)
+
+
+def test_state_dropout_zeroes_the_state_of_drawn_samples_in_training_only():
+    model = tiny_model(state_dropout=0.5)
+    batch = make_batch(model.config, batch_size=8)
+    batch["state"][:, :14] = torch.linspace(-2, 2, 14)  # far from the normalized mean (zero)
+    noise = torch.randn(8, model.config.chunk_size, model.config.action_dim,
+                        generator=torch.Generator().manual_seed(1))
+    t = torch.full((8,), 0.6)
+
+    def loss(b, dropout, train=True, seed=3):
+        model.config.state_dropout = dropout
+        model.train(train)
+        try:
+            return model.compute_loss(b, noise=noise, t=t,
+                                      generator=torch.Generator().manual_seed(seed))[0]
+        finally:
+            model.config.state_dropout = 0.5
+            model.eval()
+
+    keep = torch.rand(8, generator=torch.Generator().manual_seed(3)) >= 0.5
+    assert 0 < keep.sum() < 8  # the seed draws both kinds
+    by_hand = dict(batch, state=batch["state"] * keep[:, None])
+    torch.testing.assert_close(loss(batch, 0.5), loss(by_hand, 0.0))
+    assert abs(loss(batch, 0.5) - loss(batch, 0.0)) > 1e-5
+    # Dropout 1: the state cannot matter; outside training it always does.
+    moved = dict(batch, state=batch["state"] + 10.0)
+    torch.testing.assert_close(loss(batch, 1.0), loss(moved, 1.0))
+    assert abs(loss(batch, 1.0, train=False) - loss(moved, 1.0, train=False)) > 1e-5
+    with pytest.raises(ValueError, match="state_dropout"):
+        tiny_model(state_dropout=1.5)

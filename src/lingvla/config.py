@@ -97,6 +97,10 @@ class ModelConfig:
     time_beta_alpha: float = 1.5
     time_beta_beta: float = 1.0
     loss: str = "mse"  # "mse" or "l1"
+    # Training only: the probability that a sample's state is zeroed (the normalized mean), so the
+    # policy has to read the arms and objects from the images too instead of extrapolating the
+    # state (docs/recipes.md). Inference always uses the state.
+    state_dropout: float = 0.0
     # "sdpa": dense boolean mask (any device, default); "flex": FlexAttention BlockMask (CUDA).
     attn_backend: str = "sdpa"
     # Local directory of Qwen2.5-VL weights (+ tokenizer). None: build the VLM from config.
@@ -139,6 +143,8 @@ class ModelConfig:
                                      ("attn_backend", self.attn_backend, ("sdpa", "flex"))):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}; expected one of {allowed}")
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ValueError(f"state_dropout must be in [0, 1]; got {self.state_dropout}")
         for name in ("action_dim", "chunk_size", "num_cameras", "max_token_len", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")

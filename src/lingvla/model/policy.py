@@ -321,7 +321,11 @@ class LingVLA(nn.Module):
         target = flow.target_velocity(actions, noise)
         prefix = self.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
                                    inputs["token_mask"])
-        suffix, cond = self.embed_suffix(inputs["state"], x_t, t, inputs["action_dim_mask"])
+        state = inputs["state"]
+        if self.training and self.config.state_dropout > 0:
+            keep = torch.rand(b, generator=generator, device=self.device) >= self.config.state_dropout
+            state = state * keep[:, None].to(state.dtype)
+        suffix, cond = self.embed_suffix(state, x_t, t, inputs["action_dim_mask"])
         prefix_out, suffix_out = self.forward_joint(prefix, suffix, cond)
         pred = self.velocity_from_suffix(suffix_out)
         action_loss = flow.masked_loss(pred, target, inputs["action_dim_mask"], inputs["action_is_pad"],
