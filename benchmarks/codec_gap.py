@@ -15,6 +15,7 @@ import argparse
 
 import numpy as np
 import torch
+from image_reliance import dataset_observation, predict  # the script beside this one
 
 
 def main() -> None:
@@ -42,14 +43,10 @@ def main() -> None:
         if not np.allclose(actions[:len(demo.actions)], demo.actions, atol=1e-5):
             raise SystemExit(f"episode {ep} is not seed {args.seed_start + ep}'s demonstration")
         for t, (decoded_err, rendered_err, gap) in results.items():
-            frame = ds.frame(ds.episode_start(ep) + t)
-            obs = {"images": {c: frame[f"observation.images.{c}"] for c in CAMERAS},
-                   "state": np.asarray(frame["observation.state"]), "prompt": ds.episodes[ep].tasks[0]}
+            obs = dataset_observation(ds, ep, t, CAMERAS)
             rendered = dict(obs, images={c: demo.images[c][t] for c in CAMERAS})
-            torch.manual_seed(0)
-            a = policy.infer(obs)["actions"][:, :actions.shape[1]]
-            torch.manual_seed(0)
-            b = policy.infer(rendered)["actions"][:, :actions.shape[1]]
+            a = predict(policy, obs)[:, :actions.shape[1]]
+            b = predict(policy, rendered)[:, :actions.shape[1]]
             target = actions[t:t + len(a)]
             decoded_err.append(np.abs(a[:len(target)] - target).mean())
             rendered_err.append(np.abs(b[:len(target)] - target).mean())

@@ -13,6 +13,22 @@ import argparse
 import numpy as np
 import torch
 
+CAMERAS = ["top", "left_wrist", "right_wrist"]
+
+
+def dataset_observation(ds, ep: int, t: int, cameras=CAMERAS) -> dict:
+    """The policy's observation at frame t of episode ep of a LeRobotDataset."""
+    frame = ds.frame(ds.episode_start(ep) + t)
+    prompt = ds.episodes[ep].tasks[0] if ds.episodes[ep].tasks else ""
+    return {"images": {c: frame[f"observation.images.{c}"] for c in cameras},
+            "state": np.asarray(frame["observation.state"]), "prompt": prompt}
+
+
+def predict(policy, obs: dict) -> np.ndarray:
+    """The chunk for obs with the same sampling noise every call."""
+    torch.manual_seed(0)
+    return policy.infer(obs)["actions"]
+
 
 def main() -> None:
     from lingvla.data.lerobot import LeRobotDataset
@@ -23,7 +39,7 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 30, 60, 90, 120])
-    parser.add_argument("--cameras", nargs="+", default=["top", "left_wrist", "right_wrist"])
+    parser.add_argument("--cameras", nargs="+", default=CAMERAS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = Policy.from_checkpoint(args.checkpoint)
@@ -33,14 +49,7 @@ def main() -> None:
         raise SystemExit("need at least 2 episodes")
 
     def observation(ep: int, t: int) -> dict:
-        frame = ds.frame(ds.episode_start(ep) + t)
-        prompt = ds.episodes[ep].tasks[0] if ds.episodes[ep].tasks else ""
-        return {"images": {c: frame[f"observation.images.{c}"] for c in args.cameras},
-                "state": np.asarray(frame["observation.state"]), "prompt": prompt}
-
-    def first_chunk(obs: dict) -> np.ndarray:
-        torch.manual_seed(0)
-        return policy.infer(obs)["actions"]
+        return dataset_observation(ds, ep, t, args.cameras)
 
     for t in args.frames:
         own, other = [], []
@@ -49,8 +58,8 @@ def main() -> None:
             actions = ds.episode_data(ep)["action"][t:t + 50]
             swapped = dict(obs, images=observation((ep + 5) % n if n > 5 else (ep + 1) % n, t)["images"])
             k = len(actions)
-            own.append(np.abs(first_chunk(obs)[:k, :actions.shape[1]] - actions).mean())
-            other.append(np.abs(first_chunk(swapped)[:k, :actions.shape[1]] - actions).mean())
+            own.append(np.abs(predict(policy, obs)[:k, :actions.shape[1]] - actions).mean())
+            other.append(np.abs(predict(policy, swapped)[:k, :actions.shape[1]] - actions).mean())
         print(f"t={t:4d}  error with own images {np.mean(own):.4f}  with another episode's images "
               f"{np.mean(other):.4f}", flush=True)
 

@@ -12,9 +12,9 @@ pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
 from lingvla.sim import commands  # noqa: E402
-from lingvla.sim.demos import generate_demo, iter_demos  # noqa: E402
+from lingvla.sim.demos import ARM_JOINT_INDICES, generate_demo, iter_demos  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
-from lingvla.sim.tasks import CAMERAS, JOINT_NAMES  # noqa: E402
+from lingvla.sim.tasks import CAMERAS, JOINT_NAMES, LEFT_GRIPPER, RIGHT_GRIPPER  # noqa: E402
 
 SIZE = 32
 
@@ -104,7 +104,7 @@ def test_corrective_noise_shape_fade_and_determinism():
     end = get_task("transfer_cube").approach_end - 10
     noise = corrective_noise("transfer_cube", 3, 0.2)
     assert noise.shape == (400, 14) and noise.dtype == np.float32
-    assert not noise[:, [6, 13]].any()            # grippers untouched
+    assert not noise[:, [LEFT_GRIPPER, RIGHT_GRIPPER]].any()  # grippers untouched
     assert not noise[0].any() and not noise[end:].any()  # starts at the plan, back on it before the grasp
     assert np.abs(noise[:end - 20]).max() > 0.1   # and really moves the arms in between
     np.testing.assert_array_equal(noise, corrective_noise("transfer_cube", 3, 0.2))
@@ -123,8 +123,7 @@ def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_
     noisy = generate_demo("transfer_cube", 1000, image_size=16, noise=0.2)
     assert noisy.success  # the noise is faded out before the grasp
     np.testing.assert_array_equal(noisy.actions, clean.actions)  # labels: the plan
-    arms = [j for j in range(14) if j not in (6, 13)]
-    off = np.abs(noisy.states - clean.states)[:, arms].max(1)
+    off = np.abs(noisy.states - clean.states)[:, ARM_JOINT_INDICES].max(1)
     assert off[:80].max() > 0.1              # states: off the plan during the approach
     assert not np.array_equal(noisy.images["top"][50], clean.images["top"][50])
 

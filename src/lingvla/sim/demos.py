@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .seeds import DEMO_SEED_START, EVAL_SEED_START, check_demo_seeds
-from .tasks import CAMERAS, EPISODE_STEPS, FPS, JOINT_NAMES, MAX_REWARD, get_task
+from .tasks import (CAMERAS, EPISODE_STEPS, FPS, JOINT_NAMES, LEFT_GRIPPER, MAX_REWARD, RIGHT_GRIPPER,
+                    get_task)
 
 
 @dataclass
@@ -45,8 +46,14 @@ class Demo:
     depth: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> float32 [T, H, W] metres
 
 
-ARM_JOINTS = np.array([j for j in range(14) if j not in (6, 13)])  # all but the two grippers
+ARM_JOINT_INDICES = np.array([j for j in range(len(JOINT_NAMES))
+                              if j not in (LEFT_GRIPPER, RIGHT_GRIPPER)])  # all but the grippers
 NOISE_KNOT_STEPS = 25  # the corrective noise changes direction about twice a second
+
+
+def check_noise_scale(scale: float) -> None:
+    if scale < 0 or not np.isfinite(scale):
+        raise ValueError(f"noise scale must be a finite number >= 0; got {scale}")
 
 
 def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_STEPS) -> np.ndarray:
@@ -54,23 +61,23 @@ def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_ST
     knots every NOISE_KNOT_STEPS steps (zero at step 0), eased between knots, faded linearly to
     zero over the 20 steps that end 10 steps before the task's approach_end, zero afterwards.
     Grippers get none. The same (task, seed, scale) always gives the same offsets."""
-    if scale < 0 or not np.isfinite(scale):
-        raise ValueError(f"noise scale must be a finite number >= 0; got {scale}")
+    from .scripted import ease
+
+    check_noise_scale(scale)
     noise = np.zeros((steps, 14), np.float32)
     if scale == 0:
         return noise
     rng = np.random.default_rng([seed, 0xDA27])
     knots = np.arange(0, steps + NOISE_KNOT_STEPS, NOISE_KNOT_STEPS)
-    values = rng.normal(0.0, scale, (len(knots), len(ARM_JOINTS)))
+    values = rng.normal(0.0, scale, (len(knots), len(ARM_JOINT_INDICES)))
     values[0] = 0.0
     t = np.arange(steps)
     segment = np.minimum(t // NOISE_KNOT_STEPS, len(knots) - 2)
-    f = (t - knots[segment]) / NOISE_KNOT_STEPS
-    f = (f * f * (3.0 - 2.0 * f))[:, None]
+    f = ease((t - knots[segment]) / NOISE_KNOT_STEPS)[:, None]
     offsets = values[segment] * (1 - f) + values[segment + 1] * f
     end = get_task(task).approach_end - 10
     fade = np.clip((end - t) / 20.0, 0.0, 1.0)[:, None]
-    noise[:, ARM_JOINTS] = offsets * fade
+    noise[:, ARM_JOINT_INDICES] = offsets * fade
     return noise
 
 
@@ -249,7 +256,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     max_attempts = 2 * num_episodes + 10 if max_attempts is None else max_attempts
     last_seed = min(seed_start + max_attempts, EVAL_SEED_START) - 1
     check_demo_seeds([seed_start])
-    corrective_noise(task, seed_start, noise, 1)  # a bad scale fails before the writer starts
+    check_noise_scale(noise)  # before the writer creates anything
     if depth_size is not None and not depth:
         raise ValueError("depth_size is given but depth is off")
     depth_size = (depth_size or image_size) if depth else None

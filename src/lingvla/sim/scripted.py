@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .physics import AlohaPhysics
-from .tasks import EPISODE_STEPS, MAX_REWARD, get_task
+from .tasks import EPISODE_STEPS, LEFT_GRIPPER, MAX_REWARD, RIGHT_GRIPPER, get_task
 
 TOOL_OFFSET = 0.13  # metres from gripper_link along its x axis to the middle of the finger pads
 OPEN, CLOSED = 1.0, 0.0
@@ -90,6 +90,11 @@ def heading_to(arm: int, target: np.ndarray) -> float:
 
 # ---- waypoint trajectories ----
 
+def ease(f):
+    """Smoothstep: 0 -> 0 and 1 -> 1 with zero slope at both ends (scalar or array)."""
+    return f * f * (3.0 - 2.0 * f)
+
+
 @dataclass
 class Waypoint:
     t: int
@@ -118,8 +123,7 @@ class ArmPlan:
             return w.tool, w.quat, w.gripper
         for a, b in zip(points, points[1:]):
             if t <= b.t:
-                f = (t - a.t) / max(b.t - a.t, 1)
-                f = f * f * (3.0 - 2.0 * f)
+                f = ease((t - a.t) / max(b.t - a.t, 1))
                 return (a.tool + f * (b.tool - a.tool), slerp(a.quat, b.quat, f),
                         a.gripper + f * (b.gripper - a.gripper))
         w = points[-1]
@@ -310,6 +314,6 @@ def record_joint_actions(task: str, seed: int, steps: int = EPISODE_STEPS) -> Sc
         physics.step()
         max_reward = max(max_reward, physics.reward())
         physics.joint_state(out=actions[t])
-        actions[t, [6, 13]] = grippers
+        actions[t, [LEFT_GRIPPER, RIGHT_GRIPPER]] = grippers
         objects[t] = physics.object_poses()
     return ScriptedEpisode(seed, actions, max_reward, objects)
