@@ -24,6 +24,21 @@ def test_buffer_path_equals_sample_actions_on_cpu(model):
     assert len(sampler.slots) == 2
 
 
+def test_buffer_path_without_the_fixed_grid_vision(model):
+    """With transformers' vision forward (host-side grid sizes) the graph starts after it."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    plain.vision.use_fixed_grid(False)
+    sampler = GraphedSampler(plain, use_graphs=False)
+    assert not sampler.whole
+    batch = make_batch(model.config, batch_size=2, seed=5)
+    noise = torch.randn(2, model.config.chunk_size, model.config.action_dim,
+                        generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(sampler.sample(batch, noise=noise), model.sample_actions(batch, noise=noise),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_refusals(model):
     flex = tiny_model(attn_backend="flex")
     with pytest.raises(ValueError, match="attn_backend='sdpa'"):

@@ -105,4 +105,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMas
     """q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (grouped-query) -> [B, Hq, Lq, D]."""
     if mask.backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, enable_gqa=True)
-    return _flex(q.is_cuda)(q, k, v, block_mask=mask.block_mask, enable_gqa=True)
+    if q.is_cuda:
+        # The main Triton kernel for every shape: with AUTO, the suffix-only queries of cached
+        # sampling (51 rows) pick the decoding kernel, which found no valid config for them on an
+        # H200 (torch 2.11: "NoValidChoicesError ... flex_decoding").
+        return _flex(True)(q, k, v, block_mask=mask.block_mask, enable_gqa=True,
+                           kernel_options={"BACKEND": "TRITON"})
+    return _flex(False)(q, k, v, block_mask=mask.block_mask, enable_gqa=True)

@@ -158,8 +158,10 @@ class MatmulPatchEmbed(nn.Module):
 class ImageEncoder(nn.Module):
     """uint8 images -> LLM-width tokens through the Qwen2.5-VL vision tower."""
 
-    def __init__(self, visual: nn.Module, vision: VisionConfig, image_size: int):
+    def __init__(self, visual: nn.Module, vision: VisionConfig, image_size: int, fixed_grid: bool = True):
         super().__init__()
+        from lingvla.model.vision import FixedGridVision
+
         if hasattr(visual, "patch_embed") and not isinstance(visual.patch_embed, MatmulPatchEmbed):
             visual.patch_embed = MatmulPatchEmbed(visual.patch_embed)
         self.visual = visual
@@ -168,8 +170,22 @@ class ImageEncoder(nn.Module):
         self.temporal = vision.temporal_patch_size
         grid = image_size // vision.patch_size
         self.grid = grid
+        # Batched, host-free forward for same-size images (vision.py); transformers' own forward
+        # when fixed_grid is off or the tower is not the structure it expects.
+        fixed = FixedGridVision(visual, grid) if fixed_grid else None
+        self.fixed = fixed if fixed is not None and fixed.supported else None
+        self._fixed_grid = self.fixed
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def use_fixed_grid(self, enabled: bool) -> None:
+        """Switch between the fixed-grid forward (when supported) and transformers' own."""
+        from lingvla.model.vision import FixedGridVision
+
+        if self._fixed_grid is None:
+            return
+        (FixedGridVision.install if enabled else FixedGridVision.uninstall)(self.visual)
+        self.fixed = self._fixed_grid if enabled else None
 
     def pixel_patches(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """images uint8 [N, 3, H, W] -> normalized patches [N * grid^2, 3 * temporal * patch^2]."""
@@ -182,6 +198,9 @@ class ImageEncoder(nn.Module):
         b, c = images.shape[:2]
         dtype = next(self.visual.parameters()).dtype
         patches = self.pixel_patches(images.flatten(0, 1), dtype)
+        if self.fixed is not None:
+            tokens = self.fixed(self.visual, patches, b * c)
+            return tokens.reshape(b, -1, tokens.shape[-1])
         grid_thw = torch.tensor([[1, self.grid, self.grid]], device=images.device).repeat(b * c, 1)
         out = self.visual(hidden_states=patches, grid_thw=grid_thw)
         # transformers >= 5 returns a model output whose pooler_output holds the merged tokens.

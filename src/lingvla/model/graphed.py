@@ -1,16 +1,15 @@
-"""Chunk sampling replayed as one CUDA graph: the prefix K/V fill, the suffix plan and every Euler
-step are captured once per batch shape and replayed, so a chunk costs one graph launch instead of
-thousands of kernel launches from Python.
+"""Chunk sampling replayed as one CUDA graph: the vision tower, the prefix K/V fill, the suffix
+plan and every Euler step are captured once per input shape and replayed, so a chunk costs one
+graph launch instead of thousands of kernel launches from Python.
 
 At batch 1 the 4B model's chunk is launch-bound when run eagerly: each of the 10 denoising steps
-runs 36 expert layers of a dozen small kernels. The vision tower stays eager (Qwen2.5-VL's window
-attention reads grid sizes on the host) and so does tokenization; everything after them is
-replayed.
+runs 36 expert layers of a dozen small kernels. Tokenization stays on the host. The vision tower
+is captured when it runs on its fixed grid (vision.py); transformers' own vision forward reads
+grid sizes on the host, so with it the graph starts after the vision tower.
 
-The replayed part reads only fixed buffers: the embedded prefix, its validity mask, the state, the
-action-dim mask and the noise are copied into them before each replay, and the chunk is copied
-out after. `use_graphs=False` runs the same buffer path eagerly (on CPU too), which is what the
-graph is checked against.
+The replayed part reads only fixed buffers: the inputs are copied into them before each replay,
+and the chunk is copied out after. `use_graphs=False` runs the same buffer path eagerly (on CPU
+too), which is what the graph is checked against.
 """
 
 from __future__ import annotations
@@ -25,12 +24,13 @@ from lingvla.model.policy import LingVLA, Prefix
 
 @dataclass
 class _Slot:
-    """The buffers, and the graph once captured, of one (batch, prefix length) shape."""
+    """The input buffers, and the graph once captured, of one input shape. With the vision tower
+    outside the graph, `images` holds the embedded prefix tokens and `image_mask` its validity."""
 
+    images: torch.Tensor
+    image_mask: torch.Tensor
     tokens: torch.Tensor
-    valid: torch.Tensor
-    kind: torch.Tensor
-    cam: torch.Tensor
+    token_mask: torch.Tensor
     state: torch.Tensor
     dim_mask: torch.Tensor
     noise: torch.Tensor
@@ -59,6 +59,7 @@ class GraphedSampler:
         if use_graphs and model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device}")
         self.use_graphs = use_graphs
+        self.whole = model.vision.fixed is not None  # the vision tower inside the graph
         self.slots: dict[tuple, _Slot] = {}
         self.pool = None
 
@@ -66,7 +67,11 @@ class GraphedSampler:
     def _replayed(self, slot: _Slot) -> torch.Tensor:
         """The part a graph holds: reads only the slot's buffers."""
         model = self.model
-        prefix = Prefix(slot.tokens, slot.valid, slot.kind, slot.cam, model.config.depth.enabled)
+        if self.whole:
+            prefix = model.embed_prefix(slot.images, slot.image_mask, slot.tokens, slot.token_mask)
+        else:
+            kind, cam = model._prefix_layout(model.config.num_cameras, slot.tokens.shape[1], slot.images.device)
+            prefix = Prefix(slot.images, slot.image_mask, kind, cam, model.config.depth.enabled)
         cache = model.fill_prefix_cache(prefix)
         plan = model.plan_suffix(prefix, 1 + model.config.chunk_size)
 
@@ -76,16 +81,18 @@ class GraphedSampler:
 
         return flow.euler_sample(velocity, slot.noise, self.num_steps)
 
-    def _slot(self, prefix: Prefix, state: torch.Tensor, dim_mask: torch.Tensor,
-              noise: torch.Tensor) -> _Slot:
-        key = (tuple(prefix.tokens.shape), tuple(noise.shape), prefix.tokens.dtype)
-        slot = self.slots.get(key)
-        if slot is None:
-            slot = _Slot(torch.empty_like(prefix.tokens), torch.empty_like(prefix.valid),
-                         prefix.kind.clone(), prefix.cam.clone(), torch.empty_like(state),
-                         torch.empty_like(dim_mask), torch.empty_like(noise))
-            self.slots[key] = slot
-        return slot
+    def _inputs(self, batch: dict, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        inputs = model.prepare(batch, train=False)
+        out = {"tokens": inputs["tokens"], "token_mask": inputs["token_mask"], "state": inputs["state"],
+               "dim_mask": inputs["action_dim_mask"], "noise": noise}
+        if self.whole:
+            out["images"], out["image_mask"] = inputs["images"], inputs["image_mask"]
+        else:
+            prefix = model.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
+                                        inputs["token_mask"])
+            out["images"], out["image_mask"] = prefix.tokens, prefix.valid
+        return out
 
     def _capture(self, slot: _Slot) -> None:
         side = torch.cuda.Stream()
@@ -106,20 +113,15 @@ class GraphedSampler:
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoise a chunk -> actions [B, chunk_size, action_dim] (normalized, padded space)."""
         model = self.model
-        inputs = model.prepare(batch, train=False)
-        prefix = model.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
-                                    inputs["token_mask"])
         if noise is None:
             noise = model.initial_noise(len(batch["prompt"]), generator)
-        noise = noise.to(model.device, model.dtype)
-        slot = self._slot(prefix, inputs["state"], inputs["action_dim_mask"], noise)
-        if not torch.equal(slot.kind, prefix.kind) or not torch.equal(slot.cam, prefix.cam):
-            raise RuntimeError("prefix layout changed for the same shape")  # config changed under us
-        slot.tokens.copy_(prefix.tokens)
-        slot.valid.copy_(prefix.valid)
-        slot.state.copy_(inputs["state"])
-        slot.dim_mask.copy_(inputs["action_dim_mask"])
-        slot.noise.copy_(noise)
+        inputs = self._inputs(batch, noise.to(model.device, model.dtype))
+        key = tuple((name, tuple(value.shape), value.dtype) for name, value in inputs.items())
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = _Slot(**{name: torch.empty_like(value) for name, value in inputs.items()})
+        for name, value in inputs.items():
+            getattr(slot, name).copy_(value)
         if not self.use_graphs:
             return self._replayed(slot)
         if slot.graph is None:

@@ -107,6 +107,7 @@ class LingVLA(nn.Module):
             self.depth_embeddings = nn.Parameter(torch.empty(depth.num_latents, llm.hidden_size))
             self.depth_align_head = DepthAlignHead(llm.hidden_size, depth.teacher_dim, depth.head_heads)
         self._init_own_weights()
+        self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if tokenizer is None:
             tokenizer = load_tokenizer(config.tokenizer or config.vlm_path)
         self.prompt_tokenizer = PromptTokenizer(tokenizer, config.max_token_len, llm.vocab_size)
@@ -186,15 +187,26 @@ class LingVLA(nn.Module):
             queries = pooled_queries(self.depth_embeddings, q).to(text.dtype)
             image_tokens = torch.cat([image_tokens, queries[None, None].expand(b, cams, q, -1)], dim=2)
             image_valid = image_mask[:, :, None].expand(b, cams, n + q)
-            per_cam = torch.cat([torch.full((n,), ORDINARY), torch.full((q,), DEPTH_QUERY)])
-        else:
-            per_cam = torch.full((n,), ORDINARY)
-        kind = torch.cat([per_cam.repeat(cams), torch.full((tokens.shape[1],), ORDINARY)]).to(device)
-        cam = torch.cat([torch.arange(cams).repeat_interleave(len(per_cam)),
-                         torch.full((tokens.shape[1],), -1)]).to(device)
+        kind, cam = self._prefix_layout(cams, tokens.shape[1], device)
         prefix = torch.cat([image_tokens.flatten(1, 2), text], dim=1)
         valid = torch.cat([image_valid.flatten(1, 2), token_mask], dim=1)
         return Prefix(prefix, valid, kind, cam, c.depth.enabled)
+
+    def _prefix_layout(self, cams: int, text_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """kind [L] and cam [L] of the prefix, built once per shape and device (no host copies in
+        later calls, so a CUDA graph can hold embed_prefix)."""
+        key = (cams, text_len, device)
+        cached = self._layouts.get(key)
+        if cached is None:
+            c = self.config
+            per_cam = torch.full((c.tokens_per_image,), ORDINARY)
+            if c.depth.enabled:
+                per_cam = torch.cat([per_cam, torch.full((c.depth.num_queries,), DEPTH_QUERY)])
+            kind = torch.cat([per_cam.repeat(cams), torch.full((text_len,), ORDINARY)]).to(device)
+            cam = torch.cat([torch.arange(cams).repeat_interleave(len(per_cam)),
+                             torch.full((text_len,), -1)]).to(device)
+            cached = self._layouts[key] = (kind, cam)
+        return cached
 
     def embed_suffix(self, state: torch.Tensor, noisy_actions: torch.Tensor, t: torch.Tensor,
                      dim_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

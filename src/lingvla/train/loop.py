@@ -252,8 +252,9 @@ def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distribute
     return path
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) a training run; returns a summary dict."""
+def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict:
+    """Run (or resume) a training run; returns a summary dict. save=False writes no checkpoints
+    and no export (benchmarks: a 4B run's final checkpoint is ~50 GB with its optimizer state)."""
     from tqdm import tqdm
 
     from lingvla.data.mixture import make_dataloader
@@ -417,7 +418,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{samples_done / (time.perf_counter() - run_start):.1f}")
-            if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+            if save and ((step + 1) % config.save_every == 0 or step + 1 == config.steps):
                 checkpoint(step + 1)
                 last_saved = step + 1
     finally:
@@ -425,8 +426,12 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         if writer is not None:
             writer.close()
 
-    state = full_state_dict(model)
     export_dir = out_dir / "export"
+    if not save:
+        return {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir), "export": None,
+                "world_size": world, "skipped_samples": loader.skipped,
+                "wall_s": round(time.perf_counter() - run_start, 2)}
+    state = full_state_dict(model)
     summary = {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir),
                "export": str(export_dir), "world_size": world, "skipped_samples": loader.skipped,
                "wall_s": round(time.perf_counter() - run_start, 2)}
