@@ -46,6 +46,24 @@ def test_infer_equals_the_model_on_a_hand_built_batch(policy):
     assert np.allclose(lo, policy.normalizer.center["action"] - policy.normalizer.scale["action"])
 
 
+def test_graphed_policy_gives_the_same_actions(policy, tiny_checkpoint):
+    """graphed=True samples through GraphedSampler (CUDA graphs on a GPU, its buffer path here)."""
+    graphed = Policy.from_checkpoint(tiny_checkpoint, graphed=True)
+    assert graphed.sampler is not None and graphed.config.attn_backend == "sdpa"
+    for seed in (0, 1):
+        np.testing.assert_allclose(graphed.infer(observation(seed), noise=noise())["actions"],
+                                   policy.infer(observation(seed), noise=noise())["actions"], rtol=1e-5, atol=1e-5)
+
+
+def test_serve_refuses_cuda_graphs_on_cpu(tiny_checkpoint):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "lingvla.cli", "serve", str(tiny_checkpoint), "--cuda-graphs"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "--cuda-graphs needs a CUDA --device" in run.stderr
+
+
 def test_camera_names_layouts_and_missing_cameras(policy):
     obs = observation()
     ref = policy.infer(obs, noise=noise())["actions"]

@@ -24,6 +24,10 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--rtc-method", default="guidance", choices=["guidance", "inpaint"],
                    help="real-time chunking sampler when a request carries prefix_actions")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each chunk as one CUDA graph (needs a CUDA --device; 5.4x faster for 4B)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=serve)
 
@@ -76,8 +80,13 @@ def serve(args: argparse.Namespace) -> int:
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("lingvla.serve").warning(
             "serving on %s without a token: anyone who can reach it can drive the policy", args.host)
-    policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=args.device,
-                                    num_steps=args.num_steps)
+    device = torch.device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        raise SystemExit(f"error: --cuda-graphs needs a CUDA --device; got {args.device!r}")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=device, dtype=dtype,
+                                    num_steps=args.num_steps, graphed=args.cuda_graphs)
     server = PolicyServer(policy, host=args.host, port=args.port, token=token,
                           max_message_bytes=int(args.max_message_mb * 2**20), rtc_method=args.rtc_method)
 
