@@ -116,6 +116,25 @@ def test_corrective_noise_shape_fade_and_determinism():
             corrective_noise("transfer_cube", 3, bad)
 
 
+@pytest.mark.parametrize("task", ["transfer_cube", "insertion"])
+def test_corrective_noise_in_later_phases(task):
+    from lingvla.sim.demos import corrective_noise
+    from lingvla.sim.tasks import get_task
+
+    spec = get_task(task)
+    (start, end), = spec.later_noise
+    assert spec.approach_end < start < end
+    approach = corrective_noise(task, 5, 0.2)
+    both = corrective_noise(task, 5, 0.2, phases="all")
+    # The approach is unchanged; the later window adds offsets only inside it, zero at its ends.
+    np.testing.assert_array_equal(both[:start + 1], approach[:start + 1])
+    assert not approach[start:].any() and not both[end:].any()
+    assert np.abs(both[start + 20:end - 20]).max() > 0.1
+    assert not both[:, [LEFT_GRIPPER, RIGHT_GRIPPER]].any()
+    with pytest.raises(ValueError, match="noise phases"):
+        corrective_noise(task, 5, 0.2, phases="carry")
+
+
 def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_path, capsys):
     from lingvla.data.lerobot import LeRobotDataset
 
@@ -141,3 +160,9 @@ def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_
                     "--workers", "1", "--no-progress"]) == 2
     assert "noise scale" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # Perturbed while carrying too: still a success, the same labels, states off the plan later on.
+    carried = generate_demo("transfer_cube", 1000, image_size=16, noise=0.2, noise_phases="all")
+    assert carried.success
+    np.testing.assert_array_equal(carried.actions, clean.actions)
+    later = np.abs(carried.states - noisy.states)[:, ARM_JOINT_INDICES].max(1)
+    assert later[:120].max() < 1e-6 and later[140:200].max() > 0.05

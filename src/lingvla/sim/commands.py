@@ -32,6 +32,9 @@ def add_commands(commands, bench) -> None:
                      help="corrective demonstrations: scale in radians of smooth random offsets "
                           "added to the arm joints during the approach, while the scripted actions "
                           "are recorded (0: none; the recipes use 0.2)")
+    gen.add_argument("--noise-phases", default="approach", choices=["approach", "all"],
+                     help="where --noise applies: the approach to the first grasp, or also while the "
+                          "objects are carried (faded out before the handover / the insertion)")
     gen.set_defaults(func=_gen_demos)
 
     ev = commands.add_parser(
@@ -96,7 +99,8 @@ def _gen_demos(args: argparse.Namespace) -> int:
         report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
                                   image_size=args.image_size, workers=args.workers,
                                   overwrite=args.overwrite, progress=not args.no_progress,
-                                  depth=args.depth, depth_size=args.depth_size, noise=args.noise)
+                                  depth=args.depth, depth_size=args.depth_size, noise=args.noise,
+                                  noise_phases=args.noise_phases)
     except (FileExistsError, ValueError) as err:  # bad settings, evaluation seeds, existing output
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -11,7 +11,8 @@ many worker processes run.
 
 With `noise` > 0 the replay is perturbed (DART-style corrective demonstrations): smooth random
 offsets, `noise` radians in scale, are added to the arm joints' targets during the approach and
-faded out before the first grasp, while the recorded actions stay the scripted ones. The states
+faded out before the first grasp (with `noise_phases="all"` also while the objects are carried,
+faded out before the handover or the insertion), while the recorded actions stay the scripted ones. The states
 and images then show the arms off the planned path and the actions lead back to it, which a
 policy that misjudges the object's position at first has to learn (docs/recipes.md).
 """
@@ -56,14 +57,22 @@ def check_noise_scale(scale: float) -> None:
         raise ValueError(f"noise scale must be a finite number >= 0; got {scale}")
 
 
-def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_STEPS) -> np.ndarray:
+NOISE_PHASES = ("approach", "all")
+
+
+def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_STEPS,
+                     phases: str = "approach") -> np.ndarray:
     """float32 [steps, 14] offsets for the arm joints' targets: independent N(0, scale) values at
     knots every NOISE_KNOT_STEPS steps (zero at step 0), eased between knots, faded linearly to
     zero over the 20 steps that end 10 steps before the task's approach_end, zero afterwards.
-    Grippers get none. The same (task, seed, scale) always gives the same offsets."""
+    phases="all" adds the task's later windows (Task.later_noise: ramped in over 20 steps, out
+    over the 20 before the window's end). Grippers get none. The same arguments always give the
+    same offsets, and the approach's offsets do not depend on `phases`."""
     from .scripted import ease
 
     check_noise_scale(scale)
+    if phases not in NOISE_PHASES:
+        raise ValueError(f"noise phases must be one of {NOISE_PHASES}; got {phases!r}")
     noise = np.zeros((steps, 14), np.float32)
     if scale == 0:
         return noise
@@ -75,18 +84,24 @@ def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_ST
     segment = np.minimum(t // NOISE_KNOT_STEPS, len(knots) - 2)
     f = ease((t - knots[segment]) / NOISE_KNOT_STEPS)[:, None]
     offsets = values[segment] * (1 - f) + values[segment + 1] * f
-    end = get_task(task).approach_end - 10
-    fade = np.clip((end - t) / 20.0, 0.0, 1.0)[:, None]
-    noise[:, ARM_JOINT_INDICES] = offsets * fade
+    spec = get_task(task)
+    envelope = np.clip((spec.approach_end - 10 - t) / 20.0, 0.0, 1.0)
+    if phases == "all":
+        for start, end in spec.later_noise:
+            window = np.clip(np.minimum(t - start, end - t) / 20.0, 0.0, 1.0)
+            envelope = np.maximum(envelope, window)
+    noise[:, ARM_JOINT_INDICES] = offsets * envelope[:, None]
     return noise
 
 
 def generate_demo(task: str, seed: int, *, image_size: int = 96,
                   cameras: Sequence[str] = CAMERAS, render_depth: bool = False,
-                  steps: int = EPISODE_STEPS, env=None, noise: float = 0.0) -> Demo:
+                  steps: int = EPISODE_STEPS, env=None, noise: float = 0.0,
+                  noise_phases: str = "approach") -> Demo:
     """One scripted demonstration, successful or not; `env` (an AlohaEnv of the same task and
     cameras, with stop_on_success=False) is reused if given. `noise`: corrective-noise scale in
-    radians (module docstring); the arms execute action + offset, the demo records the action."""
+    radians, in the `noise_phases` (corrective_noise); the arms execute action + offset, the demo
+    records the action."""
     from .env import AlohaEnv
     from .scripted import record_joint_actions
 
@@ -97,7 +112,7 @@ def generate_demo(task: str, seed: int, *, image_size: int = 96,
                        max_steps=steps, stop_on_success=False)
     try:
         actions = record_joint_actions(task, seed, steps).actions
-        executed = actions + corrective_noise(task, seed, noise, steps)
+        executed = actions + corrective_noise(task, seed, noise, steps, noise_phases)
         size, cams = env.image_size, env.cameras
         images = {cam: np.empty((steps, size, size, 3), np.uint8) for cam in cams}
         depth = ({cam: np.empty((steps, size, size), np.float32) for cam in cams}
@@ -137,13 +152,14 @@ def _init_worker(task: str, image_size: int, cameras: tuple[str, ...], render_de
                            render_depth=render_depth, max_steps=steps, stop_on_success=False)
 
 
-def _worker_demo(task: str, seed: int, steps: int, noise: float) -> Demo:
-    return generate_demo(task, seed, steps=steps, env=_worker_env, noise=noise)
+def _worker_demo(task: str, seed: int, steps: int, noise: float, noise_phases: str) -> Demo:
+    return generate_demo(task, seed, steps=steps, env=_worker_env, noise=noise, noise_phases=noise_phases)
 
 
 def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
                cameras: Sequence[str] = CAMERAS, render_depth: bool = False,
-               steps: int = EPISODE_STEPS, workers: int = 2, noise: float = 0.0) -> Iterator[Demo]:
+               steps: int = EPISODE_STEPS, workers: int = 2, noise: float = 0.0,
+               noise_phases: str = "approach") -> Iterator[Demo]:
     """Demos for `seeds` in order (successful or not), generated by `workers` processes.
 
     Only a few seeds run ahead of the consumer, so stopping early wastes little work.
@@ -156,7 +172,7 @@ def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
         with AlohaEnv(task, image_size=image_size, cameras=cameras, render_depth=render_depth,
                       max_steps=steps, stop_on_success=False) as env:
             for seed in seeds:
-                yield generate_demo(task, seed, steps=steps, env=env, noise=noise)
+                yield generate_demo(task, seed, steps=steps, env=env, noise=noise, noise_phases=noise_phases)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -167,7 +183,7 @@ def iter_demos(task: str, seeds: Iterator[int], *, image_size: int = 96,
     pending: deque = deque()
     try:
         for seed in seeds:
-            pending.append(pool.submit(_worker_demo, task, seed, steps, noise))
+            pending.append(pool.submit(_worker_demo, task, seed, steps, noise, noise_phases))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -222,6 +238,7 @@ class GenerationReport:
     seconds: float
     first_success_steps: list[int]
     noise: float = 0.0
+    noise_phases: str = "approach"
 
     @property
     def success_rate(self) -> float:
@@ -233,7 +250,8 @@ class GenerationReport:
             "task": self.task, "dataset": self.dataset, "episodes": self.episodes,
             "attempts": self.attempts, "success_rate": round(self.success_rate, 4),
             "seeds": [self.seeds[0], self.seeds[-1]] if self.seeds else [],
-            "failed_seeds": self.failed_seeds, "noise": self.noise, "seconds": round(self.seconds, 1),
+            "failed_seeds": self.failed_seeds, "noise": self.noise,
+            "noise_phases": self.noise_phases, "seconds": round(self.seconds, 1),
             "median_first_success_step": int(np.median(steps)) if steps else None})
 
 
@@ -242,12 +260,14 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
                      cameras: Sequence[str] = CAMERAS, workers: int = 2,
                      steps: int = EPISODE_STEPS, max_attempts: int | None = None,
                      overwrite: bool = False, progress: bool = True, depth: bool = False,
-                     depth_size: int | None = None, noise: float = 0.0) -> GenerationReport:
+                     depth_size: int | None = None, noise: float = 0.0,
+                     noise_phases: str = "approach") -> GenerationReport:
     """Generate `num_episodes` successful demonstrations and write them as a LeRobot v3.0
     dataset at `out`. Gives up after `max_attempts` seeds (default 2 * num_episodes + 10).
     `depth`: also render depth and store it per camera (`observation.depth.<cam>`, uint16 mm) at
     `depth_size` (default: image_size; nearest samples of the image-size render).
-    `noise`: corrective-noise scale in radians (module docstring)."""
+    `noise`: corrective-noise scale in radians, in `noise_phases` ("approach" or "all";
+    module docstring)."""
     from lingvla.data.lerobot import LeRobotDatasetWriter
 
     task_spec = get_task(task)
@@ -257,6 +277,8 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     last_seed = min(seed_start + max_attempts, EVAL_SEED_START) - 1
     check_demo_seeds([seed_start])
     check_noise_scale(noise)  # before the writer creates anything
+    if noise_phases not in NOISE_PHASES:
+        raise ValueError(f"noise phases must be one of {NOISE_PHASES}; got {noise_phases!r}")
     if depth_size is not None and not depth:
         raise ValueError("depth_size is given but depth is off")
     depth_size = (depth_size or image_size) if depth else None
@@ -273,7 +295,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     start = time.perf_counter()
     demos = iter_demos(task, iter(range(seed_start, last_seed + 1)), image_size=image_size,
                        cameras=cameras, render_depth=depth, steps=steps, workers=workers,
-                       noise=noise)
+                       noise=noise, noise_phases=noise_phases)
     try:
         for demo in demos:
             if demo.success:
@@ -295,7 +317,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
             bar.close()
     path = writer.finalize()
     report = GenerationReport(str(path), task, len(kept), len(kept) + len(failed), kept, failed,
-                              time.perf_counter() - start, firsts, noise)
+                              time.perf_counter() - start, firsts, noise, noise_phases)
     if len(kept) < num_episodes:
         raise RuntimeError(f"only {len(kept)} of {num_episodes} demonstrations succeeded in "
                            f"{report.attempts} seeds (dataset written with those): "

@@ -53,6 +53,10 @@ class Task:
     # Step by which the scripted arms have reached their first grasp pose (the fingers close
     # after it): corrective noise in demonstrations (lingvla.sim.demos) is faded out by then.
     approach_end: int = 90
+    # Later windows (start, end) of corrective noise, with `noise_phases="all"`: the arms carry an
+    # object there, and the offsets ramp in over 20 steps from start and out over the 20 before end,
+    # so the arms are back on the plan before the next contact (the handover, the insertion).
+    later_noise: tuple[tuple[int, int], ...] = ()
 
     def sample_object_poses(self, seed: int) -> np.ndarray:
         """Initial object poses [n_objects * 7] (xyz + wxyz quaternion) for a seed.
@@ -77,6 +81,8 @@ TASKS = {
         objects=("red_box_joint",),
         object_ranges=(((0.0, 0.2), (0.4, 0.6), (0.05, 0.05)),),
         approach_end=100,   # TransferCubePolicy: down at the cube at 100, closed at 120
+        # Cube lifted to the meeting point (120-170) and held; the left arm closes in from 175 to 205.
+        later_noise=((125, 195),),
     ),
     "insertion": Task(
         name="insertion",
@@ -87,6 +93,8 @@ TASKS = {
         object_ranges=(((0.1, 0.2), (0.4, 0.6), (0.05, 0.05)),
                        ((-0.2, -0.1), (0.4, 0.6), (0.05, 0.05))),
         approach_end=95,    # InsertionPolicy.down
+        # Objects lifted (115-170) and carried to face each other (aligned at 205).
+        later_noise=((125, 200),),
     ),
 }
 
