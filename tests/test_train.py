@@ -119,6 +119,14 @@ def test_short_run_learns_and_exports(dataset, tmp_path):
     assert list_complete(tmp_path / "run") == [40]
 
 
+def test_unsaved_run_writes_no_checkpoint_or_export(dataset, tmp_path):
+    """What `bench train` uses: the metrics are written, no checkpoint and no export."""
+    config = load_train_config(None, overrides(dataset, tmp_path / "bench", steps=2, save_every=1))
+    summary = train(config, progress=False, save=False)
+    assert summary["export"] is None and sorted(losses(tmp_path / "bench")) == [1, 2]
+    assert not (tmp_path / "bench" / "checkpoints").exists() and not (tmp_path / "bench" / "export").exists()
+
+
 def list_complete(out):
     from lingvla.train.checkpoint import list_checkpoints
 

@@ -427,14 +427,12 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
             writer.close()
 
     export_dir = out_dir / "export"
-    if not save:
-        return {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir), "export": None,
-                "world_size": world, "skipped_samples": loader.skipped,
-                "wall_s": round(time.perf_counter() - run_start, 2)}
-    state = full_state_dict(model)
     summary = {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir),
-               "export": str(export_dir), "world_size": world, "skipped_samples": loader.skipped,
-               "wall_s": round(time.perf_counter() - run_start, 2)}
+               "export": str(export_dir) if save else None, "world_size": world,
+               "skipped_samples": loader.skipped, "wall_s": round(time.perf_counter() - run_start, 2)}
+    if not save:
+        return summary
+    state = full_state_dict(model)
     if dist_info.is_main:
         _export(export_dir, state, model_config, tokenizer, config, norm_path, summary)
         plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
