@@ -72,13 +72,7 @@ class GraphedSampler:
         else:
             kind, cam = model._prefix_layout(model.config.num_cameras, slot.tokens.shape[1], slot.images.device)
             prefix = Prefix(slot.images, slot.image_mask, kind, cam, model.config.depth.enabled)
-        cache = model.fill_prefix_cache(prefix)
-        plan = model.plan_suffix(prefix, 1 + model.config.chunk_size)
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            suffix, cond = model.embed_suffix(slot.state, x, t, slot.dim_mask)
-            return model.velocity_from_suffix(model.forward_suffix(cache, plan, suffix, cond))
-
+        velocity = model.cached_velocity(prefix, slot.state, slot.dim_mask)
         return flow.euler_sample(velocity, slot.noise, self.num_steps)
 
     def _inputs(self, batch: dict, noise: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -367,17 +367,26 @@ class LingVLA(nn.Module):
         with torch.no_grad():
             prefix = self.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
                                        inputs["token_mask"])
-            cache = self.fill_prefix_cache(prefix) if use_cache else None
-            plan = self.plan_suffix(prefix, 1 + self.config.chunk_size) if use_cache else None
         state, dim_mask = inputs["state"], inputs["action_dim_mask"]
+        if use_cache:
+            return self.cached_velocity(prefix, state, dim_mask)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-            if use_cache:
-                out = self.forward_suffix(cache, plan, suffix, cond)
-            else:
-                out = self.forward_joint(prefix, suffix, cond)[1]
-            return self.velocity_from_suffix(out)
+            return self.velocity_from_suffix(self.forward_joint(prefix, suffix, cond)[1])
+
+        return velocity
+
+    def cached_velocity(self, prefix: Prefix, state: torch.Tensor, dim_mask: torch.Tensor):
+        """The K/V-cached denoiser of an embedded prefix: runs the prefix once (without gradients)
+        and returns (x, t) -> velocity, each call the expert alone over the suffix."""
+        with torch.no_grad():
+            cache = self.fill_prefix_cache(prefix)
+            plan = self.plan_suffix(prefix, 1 + self.config.chunk_size)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            suffix, cond = self.embed_suffix(state, x, t, dim_mask)
+            return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond))
 
         return velocity
 

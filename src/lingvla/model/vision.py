@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lingvla.model.mot import apply_rope
+
 
 @dataclass
 class GridLayout:
@@ -60,17 +62,12 @@ def grid_layout(grid: int, merge: int, window_units: int, head_dim: int, theta: 
     inv_freq = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float32) / spatial))
     angles = torch.cat([rows[:, None] * inv_freq, cols[:, None] * inv_freq], dim=-1)
     angles = torch.cat([angles, angles], dim=-1)
-    window_len, window_mask = (sizes[0], None) if len(set(sizes)) == 1 else (None, None)
-    if window_len is None:
+    window_len, window_mask = sizes[0], None
+    if len(set(sizes)) > 1:
         ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        window_mask = (ids[:, None] == ids[None, :]).to(device)
+        window_len, window_mask = None, (ids[:, None] == ids[None, :]).to(device)
     return GridLayout(unit_order.to(device), torch.argsort(unit_order).to(device), angles.cos().to(device),
                       angles.sin().to(device), window_len, window_mask)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def _block_forward(self: nn.Module, x: torch.Tensor, layout: GridLayout, windowed: bool) -> torch.Tensor:
@@ -82,8 +79,7 @@ def _block_forward(self: nn.Module, x: torch.Tensor, layout: GridLayout, windowe
     q, k, v = qkv.unbind(2)  # [N, T, heads, d]
     cos, sin = layout.cos[:, None], layout.sin[:, None]
     dtype = q.dtype
-    q = (q.float() * cos + _rotate_half(q.float()) * sin).to(dtype)
-    k = (k.float() * cos + _rotate_half(k.float()) * sin).to(dtype)
+    q, k = apply_rope(q.float(), cos, sin).to(dtype), apply_rope(k.float(), cos, sin).to(dtype)
     mask = None
     if windowed and layout.window_len is not None and layout.window_len < t:
         q, k, v = (z.reshape(n * (t // layout.window_len), layout.window_len, heads, -1) for z in (q, k, v))

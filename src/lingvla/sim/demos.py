@@ -52,12 +52,14 @@ ARM_JOINT_INDICES = np.array([j for j in range(len(JOINT_NAMES))
 NOISE_KNOT_STEPS = 25  # the corrective noise changes direction about twice a second
 
 
-def check_noise_scale(scale: float) -> None:
+NOISE_PHASES = ("approach", "all")
+
+
+def check_noise(scale: float, phases: str = "approach") -> None:
     if scale < 0 or not np.isfinite(scale):
         raise ValueError(f"noise scale must be a finite number >= 0; got {scale}")
-
-
-NOISE_PHASES = ("approach", "all")
+    if phases not in NOISE_PHASES:
+        raise ValueError(f"noise phases must be one of {NOISE_PHASES}; got {phases!r}")
 
 
 def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_STEPS,
@@ -70,9 +72,7 @@ def corrective_noise(task: str, seed: int, scale: float, steps: int = EPISODE_ST
     same offsets, and the approach's offsets do not depend on `phases`."""
     from .scripted import ease
 
-    check_noise_scale(scale)
-    if phases not in NOISE_PHASES:
-        raise ValueError(f"noise phases must be one of {NOISE_PHASES}; got {phases!r}")
+    check_noise(scale, phases)
     noise = np.zeros((steps, 14), np.float32)
     if scale == 0:
         return noise
@@ -276,9 +276,7 @@ def generate_dataset(out: str | Path, task: str, num_episodes: int, *,
     max_attempts = 2 * num_episodes + 10 if max_attempts is None else max_attempts
     last_seed = min(seed_start + max_attempts, EVAL_SEED_START) - 1
     check_demo_seeds([seed_start])
-    check_noise_scale(noise)  # before the writer creates anything
-    if noise_phases not in NOISE_PHASES:
-        raise ValueError(f"noise phases must be one of {NOISE_PHASES}; got {noise_phases!r}")
+    check_noise(noise, noise_phases)  # before the writer creates anything
     if depth_size is not None and not depth:
         raise ValueError("depth_size is given but depth is off")
     depth_size = (depth_size or image_size) if depth else None
