@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,32 @@ def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodime
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "export")
+
+
+# ---- closed-loop test doubles (the simulator tests) ----
+
+class ReplayPolicy:
+    """Test double: replays the scripted joint actions of one seed, `every` actions per call."""
+
+    def __init__(self, task: str, seed: int, every: int, chunk: int = 50):
+        from lingvla.sim.scripted import record_joint_actions
+
+        self.actions = record_joint_actions(task, seed).actions
+        self.every, self.chunk, self.calls = every, chunk, 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def infer(self, obs: dict) -> dict:
+        assert set(obs["images"]) == {"top", "left_wrist", "right_wrist"} and obs["prompt"]
+        start = self.calls * self.every
+        self.calls += 1
+        rows = np.minimum(np.arange(start, start + self.chunk), len(self.actions) - 1)
+        return {"actions": self.actions[rows]}
+
+
+class HoldStill:
+    """Test double: every action is the current joint state."""
+
+    def infer(self, obs: dict) -> dict:
+        return {"actions": np.tile(np.asarray(obs["state"], np.float32), (50, 1))}

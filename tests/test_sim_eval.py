@@ -12,10 +12,9 @@ import yaml
 pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
-from conftest import make_tiny_checkpoint  # noqa: E402
+from conftest import HoldStill, ReplayPolicy, make_tiny_checkpoint  # noqa: E402
 from lingvla.sim import commands, evaluate as evaluate_module  # noqa: E402
 from lingvla.sim.evaluate import ChunkExecutor, CheckpointMismatchError, evaluate  # noqa: E402
-from lingvla.sim.scripted import record_joint_actions  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
 
 SIZE = 56  # the tiny checkpoint's input size (a multiple of 28)
@@ -30,31 +29,6 @@ def run_cli(argv: list[str]) -> int:
     commands.add_commands(subcommands, bench)
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-class ReplayPolicy:
-    """Test double: replays the scripted joint actions of one seed, `every` actions per call."""
-
-    def __init__(self, task: str, seed: int, every: int, chunk: int = 50):
-        self.actions = record_joint_actions(task, seed).actions
-        self.every, self.chunk, self.calls = every, chunk, 0
-
-    def reset(self) -> None:
-        self.calls = 0
-
-    def infer(self, obs: dict) -> dict:
-        assert set(obs["images"]) == {"top", "left_wrist", "right_wrist"} and obs["prompt"]
-        start = self.calls * self.every
-        self.calls += 1
-        rows = np.minimum(np.arange(start, start + self.chunk), len(self.actions) - 1)
-        return {"actions": self.actions[rows]}
-
-
-class HoldStill:
-    """Test double: every action is the current joint state."""
-
-    def infer(self, obs: dict) -> dict:
-        return {"actions": np.tile(np.asarray(obs["state"], np.float32), (50, 1))}
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,12 @@ import pytest
 pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
+from conftest import HoldStill, ReplayPolicy  # noqa: E402
 from lingvla.sim.env import make_env  # noqa: E402
-from lingvla.sim.scripted import record_joint_actions  # noqa: E402
 from lingvla.sim.tracking import track  # noqa: E402
 
 SEED = 100_003
 STEPS = [10, 79]
-
-
-class Replay:
-    """Replays the scripted actions of one seed in chunks of 50 (as a perfect policy would)."""
-
-    def __init__(self, seed: int):
-        self.actions, self.calls = record_joint_actions("transfer_cube", seed, 200).actions, 0
-
-    def infer(self, obs: dict) -> dict:
-        assert set(obs["images"]) == {"top", "left_wrist", "right_wrist"} and obs["prompt"]
-        start, self.calls = 50 * self.calls, self.calls + 1
-        return {"actions": self.actions[start:start + 50]}
-
-
-class HoldStill:
-    def infer(self, obs: dict) -> dict:
-        return {"actions": np.tile(np.asarray(obs["state"], np.float32), (50, 1))}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +23,7 @@ def env():
 
 
 def test_a_policy_replaying_the_demonstration_tracks_it_exactly(env):
-    result = track(env, Replay(SEED), [SEED], STEPS)
+    result = track(env, ReplayPolicy("transfer_cube", SEED, every=50), [SEED], STEPS)
     assert result.gaps_cm.shape == (1, 2, 2)
     assert np.all(result.gaps_cm < 1e-6)
     assert result.stages == result.demo_stages
