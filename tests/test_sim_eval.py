@@ -106,6 +106,8 @@ def test_chunk_executor_ensembles_with_act_weights():
     plain = ChunkExecutor(actions_per_chunk=3)
     plain.add(0, np.arange(5)[:, None] * np.ones((5, 14)))
     assert [plain.action(t)[0] for t in range(3)] == [0, 1, 2] and plain.needs_chunk(3)
+    with pytest.raises(CheckpointMismatchError, match="a chunk of 2 actions cannot cover 3 steps"):
+        plain.add(3, np.ones((2, 14)))
 
 
 def _edit_embodiment(checkpoint, edit) -> None:

@@ -44,7 +44,10 @@ def test_bad_steps_and_chunk_lengths_are_refused(env):
         track(env, HoldStill(), [SEED], [100])
     with pytest.raises(ValueError, match="non-negative"):
         track(env, HoldStill(), [SEED], [-1])
-    with pytest.raises(ValueError, match="per_chunk"):
+    with pytest.raises(ValueError, match="actions_per_chunk=0"):
         track(env, HoldStill(), [SEED], [10], per_chunk=0)
-    with pytest.raises(ValueError, match="returned 50 actions"):
+    with pytest.raises(ValueError, match="a chunk of 50 actions cannot cover 60 steps"):
         track(env, HoldStill(), [SEED], [10], per_chunk=60)
+    with make_env("transfer_cube", image_size=32, max_steps=100) as stopping:
+        with pytest.raises(ValueError, match="stop_on_success=False"):
+            track(stopping, HoldStill(), [SEED], [10])

@@ -201,11 +201,11 @@ class ChunkExecutor:
         return step % self.every == 0
 
     def add(self, step: int, chunk: np.ndarray) -> None:
-        if self.decay is None:
-            self.queue.extend(chunk[:self.every])
-        elif len(chunk) < self.every:
+        if len(chunk) < self.every:
             raise CheckpointMismatchError(f"a chunk of {len(chunk)} actions cannot cover "
                                           f"{self.every} steps between inferences")
+        if self.decay is None:
+            self.queue.extend(chunk[:self.every])
         else:
             self.chunks.append((step, chunk))
 
@@ -242,9 +242,10 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 def run_episode(policy, env, seed: int, actions_per_chunk: int,
                 ensemble_decay: float | None = None, record: bool = False,
-                max_steps: int = EPISODE_STEPS) -> tuple[EpisodeResult, list[np.ndarray]]:
+                max_steps: int = EPISODE_STEPS, on_step=None) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode; cameras are rendered only on the steps that ask for a chunk
-    (every step when recording a video). Returns the result and the tiled frames if recorded."""
+    (every step when recording a video). Returns the result and the tiled frames if recorded.
+    `on_step(step, env)` is called after each environment step (step counts from 1)."""
     import torch
 
     torch.manual_seed(seed)  # the flow-matching noise of this episode
@@ -267,6 +268,8 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
         step += 1
         render = record or (step < max_steps and executor.needs_chunk(step))
         obs, reward, done, info = env.step(action, render=render)
+        if on_step is not None:
+            on_step(step, env)
         if record and render:
             frames.append(tile_cameras(obs["images"], env.cameras))
         max_reward = info["max_reward"]

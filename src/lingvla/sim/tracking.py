@@ -26,22 +26,27 @@ def scripted_path(env, seed: int, steps: int) -> tuple[np.ndarray, int]:
 
 
 def policy_path(env, policy, seed: int, steps: int, per_chunk: int = 50) -> tuple[np.ndarray, int]:
-    """Tool points [steps, 2, 3] after each step, and the best stage, of a closed-loop rollout
-    that executes `per_chunk` actions of each chunk (as `eval-sim` does)."""
-    if per_chunk < 1:
-        raise ValueError(f"per_chunk must be >= 1; got {per_chunk}")
-    obs = env.reset(seed)
-    path, best, chunk = np.empty((steps, 2, 3)), 0, None
-    for t in range(steps):
-        if t % per_chunk == 0:
-            chunk = np.asarray(policy.infer({"images": obs["images"], "state": obs["state"],
-                                             "prompt": env.prompt})["actions"])
-            if len(chunk) < per_chunk:
-                raise ValueError(f"the policy returned {len(chunk)} actions; {per_chunk} are "
-                                 "executed per chunk")
-        obs, reward, _, _ = env.step(chunk[t % per_chunk], render=(t + 1) % per_chunk == 0)
-        path[t], best = tool_points(env), max(best, reward)
-    return path, best
+    """Tool points [steps, 2, 3] after each step, and the best stage, of the closed-loop rollout
+    `eval-sim` runs for `seed` (evaluate.run_episode, `per_chunk` actions executed per chunk)."""
+    from .evaluate import check_policy, run_episode
+
+    check_policy(policy, env.task.name, per_chunk)
+    _check_env(env, steps)
+    path = np.empty((steps, 2, 3))
+
+    def record(step: int, env) -> None:
+        path[step - 1] = tool_points(env)
+
+    result, _ = run_episode(policy, env, seed, per_chunk, max_steps=steps, on_step=record)
+    return path, result.max_reward
+
+
+def _check_env(env, steps: int) -> None:
+    """The environment must run all `steps` steps of every rollout."""
+    if env.stop_on_success:
+        raise ValueError("tracking needs an environment made with stop_on_success=False")
+    if steps > env.max_steps:
+        raise ValueError(f"step {steps - 1} is past the environment's {env.max_steps} steps")
 
 
 class _Replay:
@@ -75,8 +80,7 @@ def track(env, policy, seeds: Sequence[int], steps: Sequence[int], per_chunk: in
     if not steps or steps[0] < 0:
         raise ValueError(f"steps must be non-negative step indices; got {steps}")
     horizon = steps[-1] + 1
-    if horizon > env.max_steps:
-        raise ValueError(f"step {steps[-1]} is past the environment's {env.max_steps} steps")
+    _check_env(env, horizon)  # before any rollout
     gaps, stages, demo_stages = [], [], []
     for i, seed in enumerate(seeds):
         demo, demo_best = scripted_path(env, seed, horizon)
