@@ -17,29 +17,14 @@ import time
 import torch
 
 
-def random_batch(config, batch_size: int, seed: int = 0) -> dict:
-    """A training batch of the model's shapes: random images, state and actions, 14 real dims."""
-    g = torch.Generator().manual_seed(seed)
-    c, d, t, s = config.num_cameras, config.action_dim, config.chunk_size, config.image_size
-    real = torch.zeros(batch_size, d, dtype=torch.bool)
-    real[:, :14] = True
-    return {
-        "images": torch.randint(0, 256, (batch_size, c, 3, s, s), generator=g, dtype=torch.uint8),
-        "image_mask": torch.ones(batch_size, c, dtype=torch.bool),
-        "prompt": ["pick up the cube with the right arm and transfer it to the left arm"] * batch_size,
-        "state": torch.randn(batch_size, d, generator=g) * real,
-        "actions": torch.randn(batch_size, t, d, generator=g) * real[:, None],
-        "action_dim_mask": real,
-        "action_is_pad": torch.zeros(batch_size, t, dtype=torch.bool),
-    }
-
-
 def step_times(model_config, batch_size: int, steps: int, warmup: int = 2) -> list[float]:
+    from lingvla.batch import random_batch
     from lingvla.model.policy import LingVLA
 
     torch.manual_seed(0)
     model = LingVLA(model_config).train()
-    batch = random_batch(model.config, batch_size)
+    prompt = "pick up the cube with the right arm and transfer it to the left arm"
+    batch = random_batch(model.config, batch_size, prompts=[prompt] * batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for i in range(warmup + steps):

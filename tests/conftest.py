@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from lingvla.batch import random_batch
 from lingvla.config import tiny_config
 from lingvla.model.policy import LingVLA
 
@@ -10,23 +11,10 @@ TEST_IMAGE_SIZE = 56
 
 
 def make_batch(config, batch_size=2, seed=0, prompts=None, real_dims=14, pad_from=None):
-    g = torch.Generator().manual_seed(seed)
-    c, d, t, s = config.num_cameras, config.action_dim, config.chunk_size, config.image_size
-    dim_mask = torch.zeros(batch_size, d, dtype=torch.bool)
-    dim_mask[:, :real_dims] = True
-    is_pad = torch.zeros(batch_size, t, dtype=torch.bool)
+    batch = random_batch(config, batch_size, seed=seed, real_dims=real_dims, prompts=prompts)
     if pad_from is not None:
-        is_pad[:, pad_from:] = True
-    keep = dim_mask.float()
-    return {
-        "images": torch.randint(0, 256, (batch_size, c, 3, s, s), generator=g, dtype=torch.uint8),
-        "image_mask": torch.ones(batch_size, c, dtype=torch.bool),
-        "prompt": prompts or ["pick up the cube"] * batch_size,
-        "state": torch.randn(batch_size, d, generator=g) * keep,
-        "actions": torch.randn(batch_size, t, d, generator=g) * keep[:, None],
-        "action_dim_mask": dim_mask,
-        "action_is_pad": is_pad,
-    }
+        batch["action_is_pad"][:, pad_from:] = True
+    return batch
 
 
 def tiny_model(seed=0, **overrides):

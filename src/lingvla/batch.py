@@ -66,3 +66,23 @@ def check_batch(batch: dict, *, num_cameras: int, image_size: int, action_dim: i
         if not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
     return b
+
+
+def random_batch(config, batch_size: int, *, seed: int = 0, real_dims: int = 14,
+                 prompts: list[str] | None = None) -> dict:
+    """A training batch of `config`'s shapes (benchmarks and tests): random images, state and
+    actions on the first `real_dims` dims, zero elsewhere, no padded chunk steps."""
+    g = torch.Generator().manual_seed(seed)
+    c, d, t, s = config.num_cameras, config.action_dim, config.chunk_size, config.image_size
+    dim_mask = torch.zeros(batch_size, d, dtype=torch.bool)
+    dim_mask[:, :real_dims] = True
+    keep = dim_mask.float()
+    return {
+        "images": torch.randint(0, 256, (batch_size, c, 3, s, s), generator=g, dtype=torch.uint8),
+        "image_mask": torch.ones(batch_size, c, dtype=torch.bool),
+        "prompt": prompts or ["pick up the cube"] * batch_size,
+        "state": torch.randn(batch_size, d, generator=g) * keep,
+        "actions": torch.randn(batch_size, t, d, generator=g) * keep[:, None],
+        "action_dim_mask": dim_mask,
+        "action_is_pad": torch.zeros(batch_size, t, dtype=torch.bool),
+    }
