@@ -134,10 +134,11 @@ def list_complete(out):
 
 
 def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
-    single = run_cli(overrides(dataset, tmp_path / "one", steps=4, save_every=100))
+    # With an EMA of the weights (kept shard by shard under FSDP), exported by both.
+    single = run_cli(overrides(dataset, tmp_path / "one", steps=4, save_every=100, ema_decay=0.6))
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "lingvla.cli", "train", *overrides(dataset, tmp_path / "two", steps=4, save_every=2),
+           "-m", "lingvla.cli", "train", *overrides(dataset, tmp_path / "two", steps=4, save_every=2, ema_decay=0.6),
            "--no-progress"]
     double = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
@@ -164,6 +165,12 @@ def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
     assert final.keys() == latest.keys() == early.keys()
     assert all(torch.equal(final[k], latest[k]) for k in final)
     assert any(not torch.equal(final[k], early[k]) for k in final)
+    alone = load_file(tmp_path / "one" / "export" / "model.safetensors")
+    raw = load_file(export_checkpoint(tmp_path / "two", step=4, raw=True) / "model.safetensors")
+    assert alone.keys() == final.keys()
+    for k in final:
+        torch.testing.assert_close(final[k], alone[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(final[k], raw[k]) for k in final)
     LingVLA.from_pretrained(tmp_path / "two" / "export_step_00000002")
     with pytest.raises(FileNotFoundError, match=r"steps saved: \[2, 4\]"):
         export_checkpoint(tmp_path / "two", step=3)

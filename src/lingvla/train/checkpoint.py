@@ -1,7 +1,7 @@
 """Resumable checkpoints (torch.distributed.checkpoint) and the inference export.
 
 Layout under OUTPUT_DIR:
-  checkpoints/step_00000500/   model + optimizer shards (DCP), extra_rank{R}.pt (scheduler, step,
+  checkpoints/step_00000500/   model + optimizer (+ EMA) shards (DCP), extra_rank{R}.pt (step,
                                loader position, RNG), COMPLETE
   export/                      model.safetensors, config.yaml, norm_stats.json, embodiments.yaml,
                                tokenizer/  - all that `lingvla serve` and `lingvla eval-sim` need
@@ -41,15 +41,18 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer):
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer, ema=None):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
-    return {"model": model_state, "optim": optim_state}
+    state = {"model": model_state, "optim": optim_state}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
 
 
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    extra: dict, dist_info: Distributed, keep_last: int) -> Path:
+                    extra: dict, dist_info: Distributed, keep_last: int, ema=None) -> Path:
     import torch.distributed.checkpoint as dcp
 
     root = Path(root)
@@ -62,7 +65,7 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
     dist_info.barrier()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
-        dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
+        dcp.save(_state(model, optimizer, ema), checkpoint_id=str(tmp))
     torch.save(extra, tmp / f"extra_rank{dist_info.rank}.pt")
     dist_info.barrier()
     if dist_info.is_main:
@@ -78,8 +81,12 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer: to
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    dist_info: Distributed) -> dict:
-    """Restore model and optimizer in place; returns this rank's extra state."""
+                    dist_info: Distributed, ema=None) -> dict:
+    """Restore model and optimizer (and the EMA shadows, when given and saved) in place; returns
+    this rank's extra state, with "ema_resumed": whether the shadows came from the checkpoint (else
+    they restart at the restored weights)."""
+    from lingvla.train.ema import checkpoint_has_ema
+
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -88,12 +95,17 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if marker.get("world_size", 1) != dist_info.world_size:
         raise ValueError(f"checkpoint {path} was written by {marker['world_size']} processes; this run "
                          f"has {dist_info.world_size}. Resume with the same number of processes.")
-    state = _state(model, optimizer)
+    ema_saved = ema is not None and checkpoint_has_ema(path)
+    state = _state(model, optimizer, ema if ema_saved else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return torch.load(path / f"extra_rank{dist_info.rank}.pt", weights_only=False)
+    if ema is not None and not ema_saved:
+        ema.reset()
+    extra = torch.load(path / f"extra_rank{dist_info.rank}.pt", weights_only=False)
+    extra["ema_resumed"] = ema_saved
+    return extra
 
 
 def _fsync_dir(path: Path) -> None:

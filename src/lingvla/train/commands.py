@@ -21,7 +21,9 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
                     "one of the run's training checkpoints (OUTPUT_DIR/checkpoints/step_N).")
     p.add_argument("run_dir", metavar="OUTPUT_DIR", help="the output_dir of `lingvla train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--out", default=None, help="default: OUTPUT_DIR/export_step_NNNNNNNN")
+    p.add_argument("--out", default=None, help="default: OUTPUT_DIR/export_step_NNNNNNNN (+ _raw)")
+    p.add_argument("--raw", action="store_true",
+                   help="the trained weights even when the checkpoint holds an EMA of them (ema_decay)")
     p.set_defaults(func=run_export)
 
     p = commands.add_parser(
@@ -84,8 +86,8 @@ def run_export(args: argparse.Namespace) -> int:
     from lingvla.train.loop import export_checkpoint
 
     try:
-        out = export_checkpoint(args.run_dir, args.step, args.out)
-    except FileNotFoundError as err:
+        out = export_checkpoint(args.run_dir, args.step, args.out, raw=args.raw)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", flush=True)
         return 2
     print(json.dumps({"export": str(out)}), flush=True)

@@ -85,12 +85,15 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights and export it (lingvla/train/ema.py)
     resume: bool = True  # continue from the newest checkpoint in output_dir when there is one
     tensorboard: bool = True  # when the tensorboard package is installed
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 1:
             raise ValueError("batch_size, grad_accum and steps must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay}; expected 0 (off) or 0 < decay < 1, e.g. 0.999")
         if self.optim.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule={self.optim.schedule!r}; expected 'cosine' or 'constant'")
         if self.parallel.mixed_precision not in ("auto", "bf16", "fp32"):

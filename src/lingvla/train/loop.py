@@ -23,6 +23,7 @@ from torch import nn
 from lingvla.train.checkpoint import (export_inference, full_state_dict, list_checkpoints,
                                       load_checkpoint, save_checkpoint)
 from lingvla.train.config import TrainConfig
+from lingvla.train.ema import EMA, checkpoint_has_ema
 from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
 
 
@@ -315,6 +316,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
     # On CUDA the fused kernel: one launch for all parameters instead of a dozen per tensor list.
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay, fused=device.type == "cuda" or None)
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    ema_since = 0
 
     loader = make_dataloader(
         [{"root": d["path"], "embodiment": d.get("embodiment"), "weight": d.get("weight")}
@@ -333,12 +336,16 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
     existing = list_checkpoints(ckpt_root) if config.resume else []
     if existing:
         step_done, path = existing[-1]
-        extra = load_checkpoint(path, model, optimizer, dist_info)
+        extra = load_checkpoint(path, model, optimizer, dist_info, ema=ema)
         loader.load_state_dict(extra["loader"])
         _set_rng_state(extra["rng"])
         start_step = extra["step"]
+        ema_since = extra.get("ema_since", 0) if extra["ema_resumed"] else start_step
         if dist_info.is_main:
             print(f"resumed from {path} (step {start_step})", flush=True)
+            if ema is not None and not extra["ema_resumed"]:
+                print(f"the checkpoint has no EMA: the average (decay {config.ema_decay}) starts from its "
+                      f"weights at step {start_step}", flush=True)
 
     writer = MetricsWriter(out_dir, config.tensorboard) if dist_info.is_main else None
     bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and dist_info.is_main),
@@ -355,8 +362,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
             torch.cuda.synchronize()
 
     def checkpoint(step: int) -> None:
-        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state()}
-        save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last)
+        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state(), "ema_since": ema_since}
+        save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last, ema=ema)
 
     try:
         for step in range(start_step, config.steps):
@@ -402,6 +409,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
                                          f"step {step + 1}; stopped without saving: {where}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
             sync()
             t_opt = time.perf_counter() - t3
             last_loss = step_loss
@@ -429,10 +438,15 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
     export_dir = out_dir / "export"
     summary = {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir),
                "export": str(export_dir) if save else None, "world_size": world,
-               "skipped_samples": loader.skipped, "wall_s": round(time.perf_counter() - run_start, 2)}
+               "skipped_samples": loader.skipped, "wall_s": round(time.perf_counter() - run_start, 2),
+               "weights": _weights_note(config.ema_decay if ema is not None else 0.0, ema_since)}
     if not save:
         return summary
-    state = full_state_dict(model)
+    if ema is None:
+        state = full_state_dict(model)
+    else:
+        with ema.applied():  # copies: in one process the state dict shares the parameters' storage
+            state = {k: v.clone() for k, v in full_state_dict(model).items()}
     if dist_info.is_main:
         _export(export_dir, state, model_config, tokenizer, config, norm_path, summary)
         plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
@@ -451,6 +465,10 @@ def _export(out: Path, state: dict, model_config, tokenizer, config: TrainConfig
                             {"train_config": config.to_dict(), "summary": summary})
 
 
+def _weights_note(decay: float, since: int) -> str:
+    return f"ema {decay} since step {since}" if decay > 0 else "raw"
+
+
 def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
     """The YAML specs of every embodiment in the stats, so an export is self-contained."""
     from lingvla.data.embodiments import load_registry
@@ -459,9 +477,11 @@ def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
     return {name: registry.get(name).to_spec() for name in norm_stats.get("norm_stats", {})}
 
 
-def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | Path | None = None) -> Path:
+def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | Path | None = None,
+                      raw: bool = False) -> Path:
     """Write an inference directory (as a finished run's export/) from a training checkpoint of
-    `run_dir` (default: its latest); out defaults to RUN_DIR/export_step_NNNNNNNN."""
+    `run_dir` (default: its latest); out defaults to RUN_DIR/export_step_NNNNNNNN (+ "_raw").
+    The weights are the checkpoint's EMA when it has one, unless raw=True."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
@@ -484,11 +504,29 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
     config = load_train_config(str(config_path))
     model = build_model(config.model)
     state = {"model": get_model_state_dict(model)}
+    use_ema = not raw and checkpoint_has_ema(found[step])
+    params = dict(model.named_parameters())
+    if use_ema:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        names = [k[len("ema."):] for k in FileSystemReader(str(found[step])).read_metadata().state_dict_metadata
+                 if k.startswith("ema.")]
+        unknown = sorted(set(names) - set(params))
+        if unknown:
+            raise ValueError(f"{found[step]}: EMA entries {unknown[:3]} name no parameter of the run's model")
+        state["ema"] = {n: torch.empty_like(params[n], dtype=torch.float32) for n in names}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load(state, checkpoint_id=str(found[step]))
     set_model_state_dict(model, state["model"])
-    out = Path(out) if out is not None else run_dir / f"export_step_{step:08d}"
-    summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step])}
+    extra = torch.load(found[step] / "extra_rank0.pt", weights_only=False)
+    if use_ema:
+        with torch.no_grad():
+            for name, shadow in state["ema"].items():
+                params[name].copy_(shadow)
+    default = run_dir / f"export_step_{step:08d}{'_raw' if raw else ''}"
+    out = Path(out) if out is not None else default
+    summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step]),
+               "weights": _weights_note(config.ema_decay if use_ema else 0.0, extra.get("ema_since", 0))}
     return _export(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer, config,
                    norm_path, summary)
