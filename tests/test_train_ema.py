@@ -94,6 +94,8 @@ def test_ema_on_resume_checkpointed_and_exported(dataset, tmp_path, capsys):
     assert all(torch.equal(final[n], ema4[n]) for n in ema4)
     info = json.loads((out / "export" / "train_info.json").read_text())
     assert info["summary"]["weights"] == "ema 0.5 since step 2"
+    for name, note in (("export_step_00000004", "ema 0.5 since step 2"), ("export_step_00000004_raw", "raw")):
+        assert json.loads((out / name / "train_info.json").read_text())["summary"]["weights"] == note
 
     # Resuming an EMA checkpoint continues the same average.
     run(6, ema_decay=0.5)

@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Restore model and optimizer (and the EMA shadows, when given and saved) in place; returns
     this rank's extra state, with "ema_resumed": whether the shadows came from the checkpoint (else
     they restart at the restored weights)."""
-    from lingvla.train.ema import checkpoint_has_ema
+    from lingvla.train.ema import checkpoint_ema_names
 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -95,7 +95,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if marker.get("world_size", 1) != dist_info.world_size:
         raise ValueError(f"checkpoint {path} was written by {marker['world_size']} processes; this run "
                          f"has {dist_info.world_size}. Resume with the same number of processes.")
-    ema_saved = ema is not None and checkpoint_has_ema(path)
+    ema_saved = ema is not None and bool(checkpoint_ema_names(path))
     state = _state(model, optimizer, ema if ema_saved else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")

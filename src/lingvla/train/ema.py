@@ -70,9 +70,9 @@ class EMA:
                     p.copy_(raw)
 
 
-def checkpoint_has_ema(path) -> bool:
-    """Whether a DCP checkpoint directory holds EMA shadows."""
+def checkpoint_ema_names(path) -> list[str]:
+    """The parameter names of the EMA shadows a DCP checkpoint directory holds (none: no EMA)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    return any(key.startswith("ema.") for key in keys)
+    return [key[len("ema."):] for key in keys if key.startswith("ema.")]

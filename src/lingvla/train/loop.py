@@ -23,7 +23,7 @@ from torch import nn
 from lingvla.train.checkpoint import (export_inference, full_state_dict, list_checkpoints,
                                       load_checkpoint, save_checkpoint)
 from lingvla.train.config import TrainConfig
-from lingvla.train.ema import EMA, checkpoint_has_ema
+from lingvla.train.ema import EMA, checkpoint_ema_names
 from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
 
 
@@ -362,7 +362,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
             torch.cuda.synchronize()
 
     def checkpoint(step: int) -> None:
-        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state(), "ema_since": ema_since}
+        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state(),
+                 "ema_decay": config.ema_decay if ema is not None else 0.0, "ema_since": ema_since}
         save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last, ema=ema)
 
     try:
@@ -504,29 +505,28 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
     config = load_train_config(str(config_path))
     model = build_model(config.model)
     state = {"model": get_model_state_dict(model)}
-    use_ema = not raw and checkpoint_has_ema(found[step])
+    names = [] if raw else checkpoint_ema_names(found[step])
     params = dict(model.named_parameters())
-    if use_ema:
-        from torch.distributed.checkpoint import FileSystemReader
-
-        names = [k[len("ema."):] for k in FileSystemReader(str(found[step])).read_metadata().state_dict_metadata
-                 if k.startswith("ema.")]
+    weights_note = "raw"
+    if names:
         unknown = sorted(set(names) - set(params))
         if unknown:
             raise ValueError(f"{found[step]}: EMA entries {unknown[:3]} name no parameter of the run's model")
         state["ema"] = {n: torch.empty_like(params[n], dtype=torch.float32) for n in names}
+        extra = torch.load(found[step] / "extra_rank0.pt", weights_only=False)
+        # the decay the checkpoint was written with (train_config.yaml may be a later resume's)
+        weights_note = _weights_note(extra.get("ema_decay", config.ema_decay), extra.get("ema_since", 0))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load(state, checkpoint_id=str(found[step]))
     set_model_state_dict(model, state["model"])
-    extra = torch.load(found[step] / "extra_rank0.pt", weights_only=False)
-    if use_ema:
+    if names:
         with torch.no_grad():
             for name, shadow in state["ema"].items():
                 params[name].copy_(shadow)
     default = run_dir / f"export_step_{step:08d}{'_raw' if raw else ''}"
     out = Path(out) if out is not None else default
     summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step]),
-               "weights": _weights_note(config.ema_decay if use_ema else 0.0, extra.get("ema_since", 0))}
+               "weights": weights_note}
     return _export(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer, config,
                    norm_path, summary)
