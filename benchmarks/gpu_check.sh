@@ -2,7 +2,8 @@
 # The GPU check, one script for a lent GPU machine (run from the repository root):
 #   CUDA tests (compiled FlexAttention vs the dense mask, cached == uncached, CUDA graphs == eager,
 #   fast training vs plain fp32), then the paper-sized benchmarks with random weights:
-#   `bench infer --preset lingbot-4b` (eager cached / uncached / CUDA graph, sdpa; cached flex)
+#   `bench infer --preset lingbot-4b` (eager cached / CUDA graph / CUDA graph of compiled layers, sdpa;
+#   cached flex)
 #   and `bench train --preset lingbot-4b` (bf16, compiled layers, activation checkpointing).
 # Each step has its own time limit and the steps run in order of importance, so a slow or broken
 # step costs only itself. Output: $OUT/gpu_check.log (everything) and $OUT/results.jsonl (the
@@ -13,7 +14,7 @@ OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 PY=${PYTHON:-python3}
-BUDGET=${BUDGET:-420}  # seconds for the whole script; a step is skipped when too little is left
+BUDGET=${BUDGET:-480}  # seconds for the whole script; a step is skipped when too little is left
 PRESET=${PRESET:-lingbot-4b} DEVICE=${DEVICE:-cuda} BATCH=${BATCH:-16}  # PRESET=tiny DEVICE=cpu: a dry run
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -42,11 +43,11 @@ $PY -c "import torch, transformers, av; print('torch', torch.__version__, 'cuda'
 'transformers', transformers.__version__, 'av', av.__version__, torch.cuda.get_device_name())"
 
 LV="$PY -m lingvla.cli"
-step infer_sdpa 150 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend sdpa \
-    --repeats 20 --warmup 3 --cuda-graphs
+step infer_sdpa 300 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend sdpa \
+    --repeats 20 --warmup 3 --cuda-graphs --compile --skip-uncached
+step cuda_tests 300 $PY -m pytest -q tests/test_cuda.py tests/test_model_graphed.py
 step train_compiled 200 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 10 --warmup 4 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true
-step cuda_tests 180 $PY -m pytest -q tests/test_cuda.py tests/test_model_graphed.py
 step infer_flex 90 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend flex \
     --repeats 20 --warmup 3 --skip-uncached
 rm -f "$OUT/.step"

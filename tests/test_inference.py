@@ -62,6 +62,11 @@ def test_serve_refuses_cuda_graphs_on_cpu(tiny_checkpoint):
     run = subprocess.run([sys.executable, "-m", "lingvla.cli", "serve", str(tiny_checkpoint), "--cuda-graphs"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "--cuda-graphs needs a CUDA --device" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "lingvla.cli", "serve", str(tiny_checkpoint), "--compile"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "--compile needs --cuda-graphs" in run.stderr
+    with pytest.raises(ValueError, match="compile_layers needs graphed=True"):
+        Policy.from_checkpoint(tiny_checkpoint, compile_layers=True)
 
 
 def test_camera_names_layouts_and_missing_cameras(policy):

@@ -72,3 +72,55 @@ def test_replayed_graph_equals_eager_on_cuda(dtype, tol):
     # New inputs reach the replay (not a stale chunk), and outputs are not aliased to the buffer.
     assert not torch.allclose(outs[0], outs[1])
     assert outs[0].data_ptr() != outs[1].data_ptr()
+
+
+def _compiled_counts():
+    from torch._dynamo.utils import counters
+
+    return dict(counters["graph_break"]), counters["stats"]["unique_graphs"]
+
+
+def test_compiled_layers_equal_eager_on_cpu():
+    """compile_layers: same chunk as the uncompiled model, and whole layers with no graph breaks
+    (4 graphs: prefix fill, suffix step, windowed and full vision blocks)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    reference = tiny_model(seed=3)
+    model = copy.deepcopy(reference)
+    torch._dynamo.reset()  # graphs other tests compiled in this process count towards the recompile limit
+    counters.clear()
+    sampler = GraphedSampler(model, use_graphs=False, compile_layers=True)
+    assert all(layer._compiled_call_impl is not None for layer in model.layers)
+    for seed in (0, 1):
+        batch = make_batch(model.config, batch_size=2, seed=seed, real_dims=10)
+        noise = torch.randn(2, model.config.chunk_size, model.config.action_dim,
+                            generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(sampler.sample(batch, noise=noise),
+                                   reference.sample_actions(batch, noise=noise), atol=1e-5, rtol=1e-5)
+    breaks, graphs = _compiled_counts()
+    assert breaks == {} and graphs == 4, (breaks, graphs)
+
+
+@cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 6e-2)])
+def test_compiled_graph_equals_eager_on_cuda(dtype, tol):
+    """Inductor's kernels captured in the CUDA graph reproduce the uncompiled eager chunk (bf16:
+    fused kernels round differently, so a few bf16 steps apart after 10 Euler steps)."""
+    import copy
+
+    torch._dynamo.reset()
+    reference = tiny_model(seed=4).to("cuda", dtype)
+    sampler = GraphedSampler(copy.deepcopy(reference), compile_layers=True)
+    outs = []
+    for seed in (0, 1):
+        batch = make_batch(reference.config, batch_size=2, seed=seed, real_dims=14)
+        noise = torch.randn(2, reference.config.chunk_size, reference.config.action_dim,
+                            generator=torch.Generator().manual_seed(seed)).to("cuda", dtype)
+        got = sampler.sample(batch, noise=noise)
+        torch.testing.assert_close(got.float(), reference.sample_actions(batch, noise=noise).float(),
+                                   atol=tol, rtol=tol)
+        outs.append(got)
+    assert not torch.allclose(outs[0], outs[1])
+    assert next(iter(sampler.slots.values())).graph is not None

@@ -32,11 +32,14 @@ class ObservationError(ValueError):
 
 class Policy:
     def __init__(self, model: LingVLA, normalizer: Normalizer, embodiment: Embodiment,
-                 num_steps: int | None = None, graphed: bool = False):
+                 num_steps: int | None = None, graphed: bool = False, compile_layers: bool = False):
         """graphed: sample through lingvla.model.graphed.GraphedSampler, one CUDA graph per chunk
         on a GPU (5.4x faster than eager for the 4B model on an H200, BENCHMARKS.md); on CPU the
         same buffer path runs eagerly. It switches the model to the sdpa attention backend (same
-        numbers as flex, tested). RTC requests keep the eager sampler (they need gradients)."""
+        numbers as flex, tested). RTC requests keep the eager sampler (they need gradients).
+        compile_layers (with graphed): torch.compile the layers before the graph is captured."""
+        if compile_layers and not graphed:
+            raise ValueError("compile_layers needs graphed=True (the compiled layers are captured in the graph)")
         self.model = model.eval()
         self.normalizer = normalizer
         self.embodiment = embodiment
@@ -47,7 +50,7 @@ class Policy:
             from lingvla.model.graphed import GraphedSampler
 
             self.config.attn_backend = "sdpa"
-            self.sampler = GraphedSampler(self.model, num_steps=self.num_steps)
+            self.sampler = GraphedSampler(self.model, num_steps=self.num_steps, compile_layers=compile_layers)
         self.slots = CAMERA_SLOTS[:self.config.num_cameras]
         width = self.config.action_dim
         self.state_positions = embodiment.positions("state", width)
@@ -65,7 +68,8 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, directory: str | Path, *, embodiment: str | None = None,
                         device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                        num_steps: int | None = None, graphed: bool = False) -> "Policy":
+                        num_steps: int | None = None, graphed: bool = False,
+                        compile_layers: bool = False) -> "Policy":
         """Load an inference directory (model.safetensors, config.yaml, norm_stats.json,
         embodiments.yaml). `embodiment` picks the robot when the checkpoint knows several."""
         import yaml
@@ -90,7 +94,7 @@ class Policy:
         normalizer = Normalizer.from_file(directory / "norm_stats.json", embodiment, mode=mode,
                                           state_dim=emb.state_dim, action_dim=emb.action_dim)
         model = LingVLA.from_pretrained(directory, device=device, dtype=dtype)
-        return cls(model, normalizer, emb, num_steps=num_steps, graphed=graphed)
+        return cls(model, normalizer, emb, num_steps=num_steps, graphed=graphed, compile_layers=compile_layers)
 
     @property
     def metadata(self) -> dict:

@@ -20,6 +20,9 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time the cached sampler replayed as one CUDA graph (CUDA, sdpa)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the CUDA graph with torch.compile'd layers (timed last: compiling "
+                        "changes the model in place)")
     p.add_argument("--skip-uncached", action="store_true", help="time only the cached sampler(s)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model config overrides, e.g. llm.num_layers=4 vision.depth=1")
@@ -74,19 +77,21 @@ def bench_infer(args: argparse.Namespace) -> int:
     if not args.skip_uncached:
         samplers["uncached"] = lambda: model.sample_actions(batch, use_cache=False)
     extra = {}
-    if args.cuda_graphs:
+    if args.cuda_graphs or args.compile:
         from lingvla.model.graphed import GraphedSampler
 
-        graphed = GraphedSampler(model, num_steps=args.steps)
-        samplers["graphed"] = lambda: graphed.sample(batch)
-        # Same noise through both paths: the replay must reproduce the eager chunk.
+        # Same noise through every path: a replay must reproduce the eager chunk.
         noise = model.initial_noise(b, torch.Generator(device).manual_seed(1))
         eager = model.sample_actions(batch, noise=noise).float()
+    if args.cuda_graphs:
+        graphed = GraphedSampler(model, num_steps=args.steps)
+        samplers["graphed"] = lambda: graphed.sample(batch)
         replay = graphed.sample(batch, noise=noise).float()
         extra["graphed_max_abs_diff"] = round(float((eager - replay).abs().max()), 6)
 
     results = {}
-    for mode, sampler in samplers.items():
+
+    def run(mode, sampler):
         for _ in range(args.warmup):
             sampler()
         if device.type == "cuda":
@@ -108,8 +113,19 @@ def bench_infer(args: argparse.Namespace) -> int:
             record["gpu"] = torch.cuda.get_device_name()
         results[mode] = record
         print(json.dumps(record), flush=True)
+
+    for mode, sampler in samplers.items():
+        run(mode, sampler)
+    if args.compile:
+        start = time.perf_counter()
+        compiled = GraphedSampler(model, num_steps=args.steps, use_graphs=device.type == "cuda",
+                                  compile_layers=True)
+        first = compiled.sample(batch, noise=noise).float()  # compiles (and captures on CUDA)
+        extra["compile_and_capture_s"] = round(time.perf_counter() - start, 1)
+        extra["compiled_max_abs_diff"] = round(float((eager - first).abs().max()), 6)
+        run("graphed_compiled" if compiled.use_graphs else "compiled", lambda: compiled.sample(batch))
     summary = {"bench": "infer", **extra}
-    for mode in ("uncached", "graphed"):
+    for mode in ("uncached", "graphed", "graphed_compiled", "compiled"):
         if mode in results:
             summary[f"{mode}_over_cached_p50"] = round(results[mode]["p50_ms"] / results["cached"]["p50_ms"], 3)
     print(json.dumps(summary), flush=True)

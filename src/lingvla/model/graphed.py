@@ -10,6 +10,10 @@ grid sizes on the host, so with it the graph starts after the vision tower.
 The replayed part reads only fixed buffers: the inputs are copied into them before each replay,
 and the chunk is copied out after. `use_graphs=False` runs the same buffer path eagerly (on CPU
 too), which is what the graph is checked against.
+
+`compile_layers=True` also runs the joint layers (and the fixed-grid vision blocks) through
+torch.compile before the capture, so the graph replays inductor's fused kernels instead of the
+many small elementwise kernels of RMSNorm, RoPE and the casts around each matmul.
 """
 
 from __future__ import annotations
@@ -20,6 +24,21 @@ import torch
 
 from lingvla.model import flow
 from lingvla.model.policy import LingVLA, Prefix
+
+
+def compile_for_inference(model: LingVLA) -> None:
+    """torch.compile the joint layers and, on the fixed grid, the vision blocks, in place.
+
+    Identical layers share one compiled graph per call signature (prefix fill, suffix step;
+    windowed or full vision block). Compilation happens on the first call, so a CUDA graph must
+    be captured after a warm-up call (GraphedSampler does this). Calling it twice is harmless.
+    """
+    modules = list(model.layers)
+    if model.vision.fixed is not None:
+        modules += list(model.vision.visual.blocks)
+    for module in modules:
+        if getattr(module, "_compiled_call_impl", None) is None:
+            module.compile(dynamic=False)
 
 
 @dataclass
@@ -46,7 +65,8 @@ class GraphedSampler:
     on the host, so the graphed path needs the sdpa backend.
     """
 
-    def __init__(self, model: LingVLA, num_steps: int | None = None, use_graphs: bool | None = None):
+    def __init__(self, model: LingVLA, num_steps: int | None = None, use_graphs: bool | None = None,
+                 compile_layers: bool = False):
         if model.config.attn_backend != "sdpa":
             raise ValueError(f"CUDA-graph sampling needs attn_backend='sdpa'; the model uses "
                              f"{model.config.attn_backend!r} (flex builds its block mask on the host)")
@@ -60,6 +80,8 @@ class GraphedSampler:
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device}")
         self.use_graphs = use_graphs
         self.whole = model.vision.fixed is not None  # the vision tower inside the graph
+        if compile_layers:
+            compile_for_inference(model)
         self.slots: dict[tuple, _Slot] = {}
         self.pool = None
 

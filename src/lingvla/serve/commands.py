@@ -28,6 +28,9 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
                    help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay each chunk as one CUDA graph (needs a CUDA --device; 5.4x faster for 4B)")
+    p.add_argument("--compile", action="store_true",
+                   help="with --cuda-graphs: torch.compile the layers before capturing the graph "
+                        "(slower start, faster chunks; BENCHMARKS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=serve)
 
@@ -83,10 +86,13 @@ def serve(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         raise SystemExit(f"error: --cuda-graphs needs a CUDA --device; got {args.device!r}")
+    if args.compile and not args.cuda_graphs:
+        raise SystemExit("error: --compile needs --cuda-graphs (the compiled layers are captured in the graph)")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=device, dtype=dtype,
-                                    num_steps=args.num_steps, graphed=args.cuda_graphs)
+                                    num_steps=args.num_steps, graphed=args.cuda_graphs,
+                                    compile_layers=args.compile)
     server = PolicyServer(policy, host=args.host, port=args.port, token=token,
                           max_message_bytes=int(args.max_message_mb * 2**20), rtc_method=args.rtc_method)
 
