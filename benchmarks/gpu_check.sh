@@ -2,8 +2,8 @@
 # The GPU check, one script for a lent GPU machine (run from the repository root):
 #   CUDA tests (compiled FlexAttention vs the dense mask, cached == uncached, CUDA graphs == eager,
 #   fast training vs plain fp32), then the paper-sized benchmarks with random weights:
-#   `bench infer --preset lingbot-4b` (eager cached / CUDA graph / CUDA graph of compiled layers, sdpa;
-#   cached flex)
+#   `bench infer --preset lingbot-4b` (eager cached / CUDA graph / CUDA graph of compiled layers /
+#   the same with the expert's weights fused, sdpa; cached flex)
 #   and `bench train --preset lingbot-4b` (bf16, compiled layers, activation checkpointing).
 # Each step has its own time limit and the steps run in order of importance, so a slow or broken
 # step costs only itself. Output: $OUT/gpu_check.log (everything) and $OUT/results.jsonl (the
@@ -44,7 +44,7 @@ $PY -c "import torch, transformers, av; print('torch', torch.__version__, 'cuda'
 
 LV="$PY -m lingvla.cli"
 step infer_sdpa 300 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend sdpa \
-    --repeats 20 --warmup 3 --cuda-graphs --compile --skip-uncached
+    --repeats 20 --warmup 3 --cuda-graphs --compile --fuse-expert --skip-uncached
 step cuda_tests 300 $PY -m pytest -q tests/test_cuda.py tests/test_model_graphed.py
 step train_compiled 200 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 10 --warmup 4 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true

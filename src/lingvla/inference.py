@@ -37,7 +37,8 @@ class Policy:
         on a GPU (5.4x faster than eager for the 4B model on an H200, BENCHMARKS.md); on CPU the
         same buffer path runs eagerly. It switches the model to the sdpa attention backend (same
         numbers as flex, tested). RTC requests keep the eager sampler (they need gradients).
-        compile_layers (with graphed): torch.compile the layers before the graph is captured."""
+        compile_layers (with graphed): torch.compile the layers before the graph is captured and run
+        the expert on its concatenated weights (GraphedSampler's compile_layers and fuse_expert)."""
         if compile_layers and not graphed:
             raise ValueError("compile_layers needs graphed=True (the compiled layers are captured in the graph)")
         self.model = model.eval()
@@ -50,7 +51,8 @@ class Policy:
             from lingvla.model.graphed import GraphedSampler
 
             self.config.attn_backend = "sdpa"
-            self.sampler = GraphedSampler(self.model, num_steps=self.num_steps, compile_layers=compile_layers)
+            self.sampler = GraphedSampler(self.model, num_steps=self.num_steps, compile_layers=compile_layers,
+                                          fuse_expert=compile_layers)
         self.slots = CAMERA_SLOTS[:self.config.num_cameras]
         width = self.config.action_dim
         self.state_positions = embodiment.positions("state", width)

@@ -23,6 +23,9 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--compile", action="store_true",
                    help="also time the CUDA graph with torch.compile'd layers (timed last: compiling "
                         "changes the model in place)")
+    p.add_argument("--fuse-expert", action="store_true",
+                   help="also time the graph with the expert's weights concatenated per chunk (after "
+                        "--compile's run, compiled too when --compile is given)")
     p.add_argument("--skip-uncached", action="store_true", help="time only the cached sampler(s)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model config overrides, e.g. llm.num_layers=4 vision.depth=1")
@@ -77,7 +80,7 @@ def bench_infer(args: argparse.Namespace) -> int:
     if not args.skip_uncached:
         samplers["uncached"] = lambda: model.sample_actions(batch, use_cache=False)
     extra = {}
-    if args.cuda_graphs or args.compile:
+    if args.cuda_graphs or args.compile or args.fuse_expert:
         from lingvla.model.graphed import GraphedSampler
 
         # Same noise through every path: a replay must reproduce the eager chunk.
@@ -116,17 +119,23 @@ def bench_infer(args: argparse.Namespace) -> int:
 
     for mode, sampler in samplers.items():
         run(mode, sampler)
-    if args.compile:
+    # Compiling changes the model in place, so these run after the eager timings.
+    variants = [(True, False)] if args.compile else []
+    if args.fuse_expert:
+        variants.append((args.compile, True))
+    for compile_layers, fuse in variants:
         start = time.perf_counter()
-        compiled = GraphedSampler(model, num_steps=args.steps, use_graphs=device.type == "cuda",
-                                  compile_layers=True)
-        first = compiled.sample(batch, noise=noise).float()  # compiles (and captures on CUDA)
-        extra["compile_and_capture_s"] = round(time.perf_counter() - start, 1)
-        extra["compiled_max_abs_diff"] = round(float((eager - first).abs().max()), 6)
-        run("graphed_compiled" if compiled.use_graphs else "compiled", lambda: compiled.sample(batch))
+        sampler = GraphedSampler(model, num_steps=args.steps, use_graphs=device.type == "cuda",
+                                 compile_layers=compile_layers, fuse_expert=fuse)
+        first = sampler.sample(batch, noise=noise).float()  # compiles (and captures on CUDA)
+        mode = "_".join(["graphed" if sampler.use_graphs else "buffer"]
+                        + ["compiled"] * compile_layers + ["fused"] * fuse)
+        extra[f"{mode}_first_chunk_s"] = round(time.perf_counter() - start, 1)
+        extra[f"{mode}_max_abs_diff"] = round(float((eager - first).abs().max()), 6)
+        run(mode, lambda sampler=sampler: sampler.sample(batch))
     summary = {"bench": "infer", **extra}
-    for mode in ("uncached", "graphed", "graphed_compiled", "compiled"):
-        if mode in results:
+    for mode in results:
+        if mode != "cached":
             summary[f"{mode}_over_cached_p50"] = round(results[mode]["p50_ms"] / results["cached"]["p50_ms"], 3)
     print(json.dumps(summary), flush=True)
     return 0

@@ -9,6 +9,7 @@ as a plain Qwen2 stack. Parameter names follow the released checkpoint
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +52,12 @@ class AdaptiveRMSNorm(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D], cond [B, Dc] (one conditioning vector per sample)."""
-        scale = 1 + self.gamma(cond)[:, None, :]
-        shift = self.beta(cond)[:, None, :]
-        return scale * rms_norm(x, self.weight, self.eps) + shift
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None,
+                mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, L, D], cond [B, Dc] (one conditioning vector per sample). mod: gamma(cond) and
+        beta(cond) [B, D] computed beforehand (FusedExpert), in which case cond is not read."""
+        gamma, beta = mod if mod is not None else (self.gamma(cond), self.beta(cond))
+        return (1 + gamma[:, None, :]) * rms_norm(x, self.weight, self.eps) + beta[:, None, :]
 
 
 class ExpertAttentionProjections(nn.Module):
@@ -90,6 +92,47 @@ class ExpertLayer(nn.Module):
         self.mlp = SwiGLU(hidden, config.expert.intermediate_size)
         self.input_layernorm = AdaptiveRMSNorm(hidden, hidden, eps)
         self.post_attention_layernorm = AdaptiveRMSNorm(hidden, hidden, eps)
+
+
+class FusedExpertLayer(NamedTuple):
+    """One layer's share of FusedExpert: q|k|v and gate|up weights, and this step's modulations
+    ((gamma, beta) of the input norm, then of the post-attention norm)."""
+
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
+    gate_up_weight: torch.Tensor
+    mods: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class FusedExpert:
+    """The expert's weights concatenated for inference, so a denoising step runs fewer, larger
+    matmuls: per layer one q|k|v and one gate|up matmul instead of five, and the time modulation
+    of all layers' norms (4 small matmuls per layer) as one matmul per step.
+
+    The concatenations are copies made when this is built: build it once per chunk (inside a CUDA
+    graph that is one copy per replay), so weights updated in place are seen by the next chunk.
+    """
+
+    def __init__(self, layers: list[ExpertLayer]):
+        self.num_layers = len(layers)
+        self.hidden = layers[0].mlp.gate_proj.in_features
+        attn = [layer.self_attn for layer in layers]
+        self.qkv = [(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])) for a in attn]
+        self.gate_up = [torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]) for layer in layers]
+        mods = [lin for layer in layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+                for lin in (norm.gamma, norm.beta)]
+        self.mod_weight = torch.cat([lin.weight for lin in mods])
+        self.mod_bias = torch.cat([lin.bias for lin in mods])
+
+    def modulations(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond [B, Dc] -> [layers, 4, B, D]: gamma, beta of the input norm, then of the second."""
+        out = F.linear(cond, self.mod_weight, self.mod_bias)
+        return out.view(cond.shape[0], self.num_layers, 4, self.hidden).permute(1, 2, 0, 3)
+
+    def layer(self, i: int, mods: torch.Tensor) -> FusedExpertLayer:
+        m = mods[i]
+        return FusedExpertLayer(*self.qkv[i], self.gate_up[i], ((m[0], m[1]), (m[2], m[3])))
 
 
 def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:

@@ -14,6 +14,9 @@ too), which is what the graph is checked against.
 `compile_layers=True` also runs the joint layers (and the fixed-grid vision blocks) through
 torch.compile before the capture, so the graph replays inductor's fused kernels instead of the
 many small elementwise kernels of RMSNorm, RoPE and the casts around each matmul.
+`fuse_expert=True` runs each denoising step on the expert's weights concatenated once per replay
+(expert.FusedExpert): one q|k|v and one gate|up matmul per layer, and one matmul for the time
+modulation of every layer's norms.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class GraphedSampler:
     """
 
     def __init__(self, model: LingVLA, num_steps: int | None = None, use_graphs: bool | None = None,
-                 compile_layers: bool = False):
+                 compile_layers: bool = False, fuse_expert: bool = False):
         if model.config.attn_backend != "sdpa":
             raise ValueError(f"CUDA-graph sampling needs attn_backend='sdpa'; the model uses "
                              f"{model.config.attn_backend!r} (flex builds its block mask on the host)")
@@ -80,6 +83,7 @@ class GraphedSampler:
             raise ValueError(f"CUDA graphs need the model on a CUDA device; it is on {model.device}")
         self.use_graphs = use_graphs
         self.whole = model.vision.fixed is not None  # the vision tower inside the graph
+        self.fuse_expert = fuse_expert
         if compile_layers:
             compile_for_inference(model)
         self.slots: dict[tuple, _Slot] = {}
@@ -94,7 +98,7 @@ class GraphedSampler:
         else:
             kind, cam = model._prefix_layout(model.config.num_cameras, slot.tokens.shape[1], slot.images.device)
             prefix = Prefix(slot.images, slot.image_mask, kind, cam, model.config.depth.enabled)
-        velocity = model.cached_velocity(prefix, slot.state, slot.dim_mask)
+        velocity = model.cached_velocity(prefix, slot.state, slot.dim_mask, fuse_expert=self.fuse_expert)
         return flow.euler_sample(velocity, slot.noise, self.num_steps)
 
     def _inputs(self, batch: dict, noise: torch.Tensor) -> dict[str, torch.Tensor]:

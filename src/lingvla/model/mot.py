@@ -10,9 +10,11 @@ against it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lingvla.model.attention import AttentionMask, attend
+from lingvla.model.expert import FusedExpertLayer
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
@@ -46,19 +48,27 @@ class MoTLayer(nn.Module):
     def forward(self, prefix: torch.Tensor | None, suffix: torch.Tensor | None,
                 cond: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
                 mask: AttentionMask, prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                fused: FusedExpertLayer | None = None,
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         """prefix [B, Lp, Hv] | None, suffix [B, Ls, He] | None, cond [B, He] (time embedding).
 
         cos/sin cover the query tokens (prefix then suffix). prefix_kv: the cached prefix K/V
-        [B, Hkv, Lp, D] to prepend to the keys. Returns (prefix_out, suffix_out, (k, v)) where k/v
-        are this call's own post-RoPE keys/values (the cache when called on the prefix alone).
+        [B, Hkv, Lp, D] to prepend to the keys. fused: the expert's concatenated weights and
+        precomputed modulations (expert.FusedExpert; same numbers, fewer matmuls). Returns
+        (prefix_out, suffix_out, (k, v)) where k/v are this call's own post-RoPE keys/values (the
+        cache when called on the prefix alone).
         """
         qs, ks, vs = [], [], []
         if prefix is not None:
             attn = self.vlm.self_attn
             x = self.vlm.input_layernorm(prefix)
             qs.append(attn.q_proj(x)), ks.append(attn.k_proj(x)), vs.append(attn.v_proj(x))
-        if suffix is not None:
+        if suffix is not None and fused is not None:
+            x = self.expert.input_layernorm(suffix, None, fused.mods[0])
+            q, k, v = F.linear(x, fused.qkv_weight, fused.qkv_bias).split(
+                [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2, dim=-1)
+            qs.append(q), ks.append(k), vs.append(v)
+        elif suffix is not None:
             attn = self.expert.self_attn
             x = self.expert.input_layernorm(suffix, cond)
             qs.append(attn.q_proj(x)), ks.append(attn.k_proj(x)), vs.append(attn.v_proj(x))
@@ -84,5 +94,10 @@ class MoTLayer(nn.Module):
             prefix_out = h + self.vlm.mlp(self.vlm.post_attention_layernorm(h))
         if suffix is not None:
             h = suffix + self.expert.self_attn.o_proj(out[:, split:].to(suffix.dtype))
-            suffix_out = h + self.expert.mlp(self.expert.post_attention_layernorm(h, cond))
+            if fused is None:
+                suffix_out = h + self.expert.mlp(self.expert.post_attention_layernorm(h, cond))
+            else:
+                gate, up = F.linear(self.expert.post_attention_layernorm(h, None, fused.mods[1]),
+                                    fused.gate_up_weight).chunk(2, dim=-1)
+                suffix_out = h + self.expert.mlp.down_proj(F.silu(gate) * up)
         return prefix_out, suffix_out, own_kv

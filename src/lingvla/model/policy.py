@@ -23,7 +23,7 @@ from lingvla.model.attention import (ACTION_BLOCK, DEPTH_QUERY, ORDINARY, PREFIX
                                      QueryGroups, build_mask)
 from lingvla.model.backbone import ImageEncoder, VLMParts, build_vlm, config_from_pretrained, load_vlm
 from lingvla.model.depth import DepthAlignHead, depth_loss, pooled_queries
-from lingvla.model.expert import ExpertLayer, RMSNorm, time_embedding
+from lingvla.model.expert import ExpertLayer, FusedExpert, RMSNorm, time_embedding
 from lingvla.model.mot import MoTLayer, rope_cos_sin
 from lingvla.model.tokenizer import PromptTokenizer, load_tokenizer
 
@@ -289,11 +289,14 @@ class LingVLA(nn.Module):
         return (mask, *self._rope(positions))
 
     def forward_suffix(self, cache: PrefixCache, plan, suffix: torch.Tensor,
-                       cond: torch.Tensor) -> torch.Tensor:
-        """The expert stream alone against the cached prefix -> final-normed suffix states."""
+                       cond: torch.Tensor, fused: FusedExpert | None = None) -> torch.Tensor:
+        """The expert stream alone against the cached prefix -> final-normed suffix states.
+        fused: the expert's weights concatenated (FusedExpert): the same layers in fewer matmuls."""
         mask, cos, sin = plan
-        for layer, kv in zip(self.layers, cache):
-            _, suffix, _ = layer(None, suffix, cond, cos, sin, mask, prefix_kv=kv)
+        mods = fused.modulations(cond) if fused is not None else None
+        for i, (layer, kv) in enumerate(zip(self.layers, cache)):
+            _, suffix, _ = layer(None, suffix, cond, cos, sin, mask, prefix_kv=kv,
+                                 fused=fused.layer(i, mods) if fused is not None else None)
         return self.expert_norm(suffix)
 
     def depth_predictions(self, prefix: Prefix, prefix_out: torch.Tensor) -> torch.Tensor:
@@ -377,16 +380,20 @@ class LingVLA(nn.Module):
 
         return velocity
 
-    def cached_velocity(self, prefix: Prefix, state: torch.Tensor, dim_mask: torch.Tensor):
+    def cached_velocity(self, prefix: Prefix, state: torch.Tensor, dim_mask: torch.Tensor,
+                        fuse_expert: bool = False):
         """The K/V-cached denoiser of an embedded prefix: runs the prefix once (without gradients)
-        and returns (x, t) -> velocity, each call the expert alone over the suffix."""
+        and returns (x, t) -> velocity, each call the expert alone over the suffix.
+        fuse_expert: concatenate the expert's weights once here (FusedExpert) for fewer matmuls
+        per step; no gradients reach the weights through them."""
         with torch.no_grad():
             cache = self.fill_prefix_cache(prefix)
             plan = self.plan_suffix(prefix, 1 + self.config.chunk_size)
+            fused = FusedExpert([layer.expert for layer in self.layers]) if fuse_expert else None
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-            return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond))
+            return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond, fused))
 
         return velocity
 

@@ -29,8 +29,8 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay each chunk as one CUDA graph (needs a CUDA --device; 5.4x faster for 4B)")
     p.add_argument("--compile", action="store_true",
-                   help="with --cuda-graphs: torch.compile the layers before capturing the graph "
-                        "(slower start, faster chunks; BENCHMARKS.md)")
+                   help="with --cuda-graphs: torch.compile the layers before capturing the graph and "
+                        "fuse the expert's matmuls (slower start, faster chunks; BENCHMARKS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=serve)
 
