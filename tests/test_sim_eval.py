@@ -43,12 +43,13 @@ def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     assert run_cli(["eval-sim", str(checkpoint), "--task", "transfer_cube", "--episodes", "2",
                     "--seed", str(SEED), "--actions-per-chunk", "20", "--max-steps", "45",
-                    "--videos", "1", "--out", str(out), "--no-progress"]) == 0
+                    "--videos", "1", "--out", str(out), "--no-progress", "--num-steps", "3"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] == "transfer_cube" and line["checkpoint"] == str(checkpoint)
     assert line["episodes"] == 2 and line["seed"] == SEED and line["image_size"] == SIZE
     assert line["success_rate"] == 0.0 and 0.0 <= line["progress"] <= 1.0  # a random tiny model
     assert line["actions_per_chunk"] == 20 and line["wall_s"] > 0 and line["report"] == str(out)
+    assert line["num_steps"] == 3  # the checkpoint's config says 10
 
     results = json.loads((out / "results.json").read_text())
     assert results["summary"] == line
@@ -166,6 +167,8 @@ def test_an_image_size_other_than_the_training_images_is_refused(tmp_path, no_ro
 def test_bad_settings_are_refused_before_rollouts(checkpoint, no_rollouts):
     with pytest.raises(SeedRangeError, match="demonstration seeds"):
         evaluate(checkpoint, "transfer_cube", 2, seed=5, progress=False)
+    with pytest.raises(ValueError, match="num_steps=0"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, num_steps=0, progress=False)
     with pytest.raises(ValueError, match="actions_per_chunk=51"):
         evaluate(checkpoint, "transfer_cube", 1, seed=SEED, actions_per_chunk=51, progress=False)
     with pytest.raises(CheckpointMismatchError, match="not an inference checkpoint"):

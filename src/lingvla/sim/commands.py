@@ -53,6 +53,8 @@ def add_commands(commands, bench) -> None:
                          "--ensemble-decay)")
     ev.add_argument("--ensemble-decay", type=float, default=None,
                     help="temporal ensembling: average overlapping chunks with weights exp(-k*i)")
+    ev.add_argument("--num-steps", type=int, default=None,
+                    help="Euler denoising steps per chunk (default: the checkpoint's, 10)")
     ev.add_argument("--image-size", type=int, default=None,
                     help="rendered camera size (default: the checkpoint's image size)")
     ev.add_argument("--out", default=None, help="report directory (default: CHECKPOINT/../eval_TASK)")
@@ -141,7 +143,7 @@ def _eval_sim(args: argparse.Namespace) -> int:
                           actions_per_chunk=args.actions_per_chunk, ensemble_decay=args.ensemble_decay,
                           image_size=args.image_size, out=out, workers=args.workers,
                           videos=args.videos, max_steps=args.max_steps,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, num_steps=args.num_steps)
     except (CheckpointMismatchError, SeedRangeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -68,6 +68,7 @@ class EvalReport:
     episodes: list[EpisodeResult] = field(default_factory=list)
     out: str | None = None
     max_steps: int = EPISODE_STEPS
+    num_steps: int | None = None       # Euler denoising steps per chunk (the policy's)
 
     @property
     def success_rate(self) -> float:
@@ -86,7 +87,7 @@ class EvalReport:
             "successes": sum(e.success for e in self.episodes), "episodes": len(self.episodes),
             "seed": self.seed, "actions_per_chunk": self.actions_per_chunk,
             "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
-            "max_steps": self.max_steps,
+            "max_steps": self.max_steps, "num_steps": self.num_steps,
             "median_success_step": int(np.median(firsts)) if firsts else None,
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
@@ -289,7 +290,8 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
 _worker: dict = {}
 
 
-def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, threads: int) -> None:
+def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, threads: int,
+                 num_steps: int | None) -> None:
     import torch
 
     from lingvla.inference import Policy
@@ -297,7 +299,7 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
     from .env import make_env
 
     torch.set_num_threads(threads)
-    _worker["policy"] = Policy.from_checkpoint(checkpoint)
+    _worker["policy"] = Policy.from_checkpoint(checkpoint, num_steps=num_steps)
     _worker["env"] = make_env(task, image_size=image_size, max_steps=max_steps)
 
 
@@ -318,7 +320,7 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
              ensemble_decay: float | None = None, image_size: int | None = None,
              out: str | Path | None = None, workers: int = 1, videos: int = 3,
              max_steps: int = EPISODE_STEPS, progress: bool = True, policy=None,
-             threads: int = 1) -> EvalReport:
+             threads: int = 1, num_steps: int | None = None) -> EvalReport:
     """Roll out `episodes` episodes from seeds seed, seed+1, ... (all evaluation seeds).
 
     checkpoint: an inference directory (loaded with Policy.from_checkpoint); or pass `policy`
@@ -328,6 +330,8 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
         A size other than the training images' is refused: the policy would see renders filtered
         differently from its training data.
     max_steps: episode length (the task's 400 steps; shorter only for quick checks).
+    num_steps: Euler denoising steps per chunk (default: the checkpoint's config; only with a
+        checkpoint, not a policy object).
     videos: the first `videos` successes and the first `videos` failures get an mp4 (seed order).
     workers: processes, each with its own policy and simulator (a checkpoint is needed for > 1).
     threads: torch intra-op threads per process. One is fastest for small models: at these sizes
@@ -338,13 +342,15 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     seeds = list(eval_seeds(episodes, seed))
+    if num_steps is not None and (policy is not None or num_steps < 1):
+        raise ValueError(f"num_steps={num_steps}: must be >= 1 and given with a checkpoint, not a policy object")
     if policy is None:
         if checkpoint is None:
             raise ValueError("give a checkpoint directory or a policy")
         from lingvla.inference import Policy
 
         try:
-            policy = Policy.from_checkpoint(checkpoint)
+            policy = Policy.from_checkpoint(checkpoint, num_steps=num_steps)
         except (FileNotFoundError, ValueError) as err:
             raise CheckpointMismatchError(str(err)) from err
     elif workers > 1:
@@ -356,7 +362,8 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed,
                         actions_per_chunk=actions_per_chunk, ensemble_decay=ensemble_decay,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
-                        out=str(out_dir) if out_dir is not None else None, max_steps=max_steps)
+                        out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
+                        num_steps=getattr(policy, "num_steps", None))
     with torch_threads(threads), _env(task, image_size, max_steps) as env:
         preflight(policy, env, seeds[0])
         if out_dir is not None:
@@ -457,7 +464,7 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker,
                                initargs=(report.checkpoint, report.task, report.image_size,
-                                         report.max_steps, threads))
+                                         report.max_steps, threads, report.num_steps))
     pending: deque = deque()
     try:
         for index, s in enumerate(seeds):
