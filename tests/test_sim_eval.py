@@ -111,6 +111,51 @@ def test_chunk_executor_ensembles_with_act_weights():
         plain.add(3, np.ones((2, 14)))
 
 
+class Recording:
+    """A Policy whose infer calls (prefix given, chunk returned) are kept."""
+
+    def __init__(self, policy):
+        self.policy, self.calls = policy, []
+
+    def infer(self, obs, **kwargs):
+        out = self.policy.infer(obs, **kwargs)
+        self.calls.append((kwargs.get("prefix_actions"), kwargs.get("prefix_delay"), kwargs.get("rtc"),
+                           out["actions"]))
+        return out
+
+
+@pytest.mark.parametrize("method", ["inpaint", "guidance"])
+def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkeypatch, method):
+    """rtc: every chunk after the first is asked to continue the previous chunk's unexecuted
+    actions, and its first rtc_delay actions are those actions exactly."""
+    from lingvla.inference import Policy
+    from lingvla.sim.env import make_env
+
+    monkeypatch.chdir(tmp_path)
+    policy = Recording(Policy.from_checkpoint(checkpoint))
+    env = make_env("transfer_cube", image_size=SIZE, max_steps=45)
+    try:
+        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45, rtc=method, rtc_delay=3)
+    finally:
+        env.close()
+    assert result.inferences == 3 and len(policy.calls) == 3  # steps 0, 20, 40
+    assert policy.calls[0][0] is None
+    for (_, _, _, before), (prefix, delay, config, chunk) in zip(policy.calls, policy.calls[1:]):
+        assert delay == 3 and config.method == method
+        np.testing.assert_array_equal(prefix, before[20:])  # 30 unexecuted actions
+        np.testing.assert_array_equal(chunk[:3], before[20:23])
+        assert not np.allclose(chunk[3:30], before[23:])  # the rest of the overlap is sampled, not copied
+
+
+def test_chunk_executor_keeps_the_unexecuted_actions():
+    ex = ChunkExecutor(actions_per_chunk=2)
+    assert ex.unexecuted(0) is None
+    chunk = np.arange(5)[:, None] * np.ones((5, 14))
+    ex.add(0, chunk)
+    ex.action(0), ex.action(1)
+    np.testing.assert_array_equal(ex.unexecuted(2), chunk[2:])
+
+
 def _edit_embodiment(checkpoint, edit) -> None:
     path = checkpoint / "embodiments.yaml"
     specs = yaml.safe_load(path.read_text())
@@ -167,6 +212,13 @@ def test_an_image_size_other_than_the_training_images_is_refused(tmp_path, no_ro
 def test_bad_settings_are_refused_before_rollouts(checkpoint, no_rollouts):
     with pytest.raises(SeedRangeError, match="demonstration seeds"):
         evaluate(checkpoint, "transfer_cube", 2, seed=5, progress=False)
+    with pytest.raises(ValueError, match="choose one"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="guidance", ensemble_decay=0.01, progress=False)
+    with pytest.raises(ValueError, match="must be >= 1 and >= rtc_delay"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="inpaint", actions_per_chunk=40, rtc_delay=11,
+                 progress=False)
+    with pytest.raises(ValueError, match="give rtc too"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc_delay=2, progress=False)
     with pytest.raises(ValueError, match="num_steps=0"):
         evaluate(checkpoint, "transfer_cube", 1, seed=SEED, num_steps=0, progress=False)
     with pytest.raises(ValueError, match="actions_per_chunk=51"):

@@ -53,6 +53,12 @@ def add_commands(commands, bench) -> None:
                          "--ensemble-decay)")
     ev.add_argument("--ensemble-decay", type=float, default=None,
                     help="temporal ensembling: average overlapping chunks with weights exp(-k*i)")
+    ev.add_argument("--rtc", choices=["guidance", "inpaint"], default=None,
+                    help="real-time chunking: each chunk continues the previous one's unexecuted actions "
+                         "(actions per chunk default to half the chunk)")
+    ev.add_argument("--rtc-delay", type=int, default=0,
+                    help="with --rtc: the new chunk's first D actions are the previous chunk's (the steps "
+                         "a robot executes while it waits for the chunk)")
     ev.add_argument("--num-steps", type=int, default=None,
                     help="Euler denoising steps per chunk (default: the checkpoint's, 10)")
     ev.add_argument("--image-size", type=int, default=None,
@@ -143,7 +149,8 @@ def _eval_sim(args: argparse.Namespace) -> int:
                           actions_per_chunk=args.actions_per_chunk, ensemble_decay=args.ensemble_decay,
                           image_size=args.image_size, out=out, workers=args.workers,
                           videos=args.videos, max_steps=args.max_steps,
-                          progress=not args.no_progress, num_steps=args.num_steps)
+                          progress=not args.no_progress, num_steps=args.num_steps, rtc=args.rtc,
+                          rtc_delay=args.rtc_delay)
     except (CheckpointMismatchError, SeedRangeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

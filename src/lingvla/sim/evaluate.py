@@ -8,7 +8,9 @@ directory is loaded with `lingvla.inference.Policy`, the object the policy serve
 episode starts from an evaluation seed (lingvla.sim.seeds; `seed`, `seed + 1`, ...), asks for a
 chunk, executes its first `actions_per_chunk` actions, asks again, ... until reward 4 (success)
 or 400 steps. With `ensemble_decay` set, the chunks overlapping a step are averaged instead, with
-ACT's weights exp(-decay * i) (i = 0 for the oldest). Flow noise is seeded per episode, so a result
+ACT's weights exp(-decay * i) (i = 0 for the oldest). With `rtc` set, each new chunk is sampled by
+real-time chunking (lingvla.serve.rtc) to continue the actions of the previous chunk that were not
+executed, its first `rtc_delay` equal to them (the steps a real robot executes while it waits). Flow noise is seeded per episode, so a result
 depends only on (checkpoint, seed, settings), not on the number of worker processes.
 
 The report directory holds results.json (settings, summary, one row per episode), chart.png
@@ -69,6 +71,8 @@ class EvalReport:
     out: str | None = None
     max_steps: int = EPISODE_STEPS
     num_steps: int | None = None       # Euler denoising steps per chunk (the policy's)
+    rtc: str | None = None             # real-time chunking sampler: guidance | inpaint
+    rtc_delay: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -87,7 +91,8 @@ class EvalReport:
             "successes": sum(e.success for e in self.episodes), "episodes": len(self.episodes),
             "seed": self.seed, "actions_per_chunk": self.actions_per_chunk,
             "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
-            "max_steps": self.max_steps, "num_steps": self.num_steps,
+            "max_steps": self.max_steps, "num_steps": self.num_steps, "rtc": self.rtc,
+            "rtc_delay": self.rtc_delay if self.rtc else None,
             "median_success_step": int(np.median(firsts)) if firsts else None,
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
@@ -97,7 +102,7 @@ class EvalReport:
 # ------------------------------------------------------------------------------ checks
 
 def check_policy(policy, task: str, actions_per_chunk: int | None,
-                 ensemble_decay: float | None = None) -> int:
+                 ensemble_decay: float | None = None, rtc: str | None = None, rtc_delay: int = 0) -> int:
     """Refuse a policy that cannot drive `task`; return the actions executed per chunk.
 
     A `lingvla.inference.Policy` must have a 14-D action and state embodiment whose cameras include
@@ -127,11 +132,26 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
     if actions_per_chunk is None:
         if chunk is None:
             raise ValueError("actions_per_chunk must be given for a policy without a config")
-        actions_per_chunk = 1 if ensemble_decay is not None else chunk
+        actions_per_chunk = 1 if ensemble_decay is not None else chunk // 2 if rtc is not None else chunk
     if actions_per_chunk < 1 or (chunk is not None and actions_per_chunk > chunk):
         raise ValueError(f"actions_per_chunk={actions_per_chunk} must be in 1..{chunk or 'the chunk size'}")
     if ensemble_decay is not None and not (math.isfinite(ensemble_decay) and ensemble_decay >= 0):
         raise ValueError(f"ensemble_decay must be a finite number >= 0; got {ensemble_decay}")
+    if rtc is None and rtc_delay:
+        raise ValueError(f"rtc_delay={rtc_delay} is for real-time chunking: give rtc too")
+    if rtc is not None:
+        from lingvla.serve.rtc import METHODS
+
+        if rtc not in METHODS:
+            raise ValueError(f"rtc={rtc!r}: expected one of {METHODS}")
+        if ensemble_decay is not None:
+            raise ValueError("rtc and ensemble_decay are two ways to join chunks: choose one")
+        if chunk is None or not hasattr(policy, "model"):
+            raise ValueError("rtc needs a lingvla Policy (it samples through the model)")
+        if not 0 <= rtc_delay <= chunk - actions_per_chunk or actions_per_chunk >= chunk:
+            raise ValueError(f"rtc: the {chunk - actions_per_chunk} actions a chunk leaves unexecuted "
+                             f"(chunk {chunk} - actions_per_chunk {actions_per_chunk}) must be >= 1 and >= "
+                             f"rtc_delay ({rtc_delay})")
     return actions_per_chunk
 
 
@@ -195,6 +215,14 @@ class ChunkExecutor:
         self.decay = ensemble_decay
         self.chunks: deque = deque()  # (start step, chunk)
         self.queue: deque = deque()
+        self.last: tuple[int, np.ndarray] | None = None  # the latest chunk and its start step
+
+    def unexecuted(self, step: int) -> np.ndarray | None:
+        """The latest chunk's actions from `step` on (what real-time chunking continues)."""
+        if self.last is None:
+            return None
+        start, chunk = self.last
+        return chunk[step - start:]
 
     def needs_chunk(self, step: int) -> bool:
         if self.decay is None:
@@ -205,6 +233,7 @@ class ChunkExecutor:
         if len(chunk) < self.every:
             raise CheckpointMismatchError(f"a chunk of {len(chunk)} actions cannot cover "
                                           f"{self.every} steps between inferences")
+        self.last = (step, chunk)
         if self.decay is None:
             self.queue.extend(chunk[:self.every])
         else:
@@ -243,11 +272,21 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 def run_episode(policy, env, seed: int, actions_per_chunk: int,
                 ensemble_decay: float | None = None, record: bool = False,
-                max_steps: int = EPISODE_STEPS, on_step=None) -> tuple[EpisodeResult, list[np.ndarray]]:
+                max_steps: int = EPISODE_STEPS, on_step=None, rtc: str | None = None,
+                rtc_delay: int = 0) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode; cameras are rendered only on the steps that ask for a chunk
     (every step when recording a video). Returns the result and the tiled frames if recorded.
-    `on_step(step, env)` is called after each environment step (step counts from 1)."""
+    `on_step(step, env)` is called after each environment step (step counts from 1).
+    rtc: every chunk after the first continues the previous one's unexecuted actions through
+    `policy.infer(..., prefix_actions=, prefix_delay=rtc_delay)`; the simulator waits for the chunk,
+    and its first rtc_delay actions are the ones a robot would have executed meanwhile."""
     import torch
+
+    rtc_config = None
+    if rtc is not None:
+        from lingvla.serve.rtc import RTCConfig
+
+        rtc_config = RTCConfig(method=rtc)
 
     torch.manual_seed(seed)  # the flow-matching noise of this episode
     if hasattr(policy, "reset"):
@@ -261,7 +300,12 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
     while step < max_steps:
         if executor.needs_chunk(step):
             t0 = time.perf_counter()
-            out = policy.infer({"images": obs["images"], "state": obs["state"], "prompt": prompt})
+            observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt}
+            prefix = executor.unexecuted(step) if rtc_config is not None else None
+            if prefix is None:
+                out = policy.infer(observation)
+            else:
+                out = policy.infer(observation, prefix_actions=prefix, prefix_delay=rtc_delay, rtc=rtc_config)
             infer_s += time.perf_counter() - t0
             inferences += 1
             executor.add(step, check_chunk(out["actions"], f"episode seed {seed}, step {step}"))
@@ -304,10 +348,11 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
 
 
 def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | None,
-                    video: str | None) -> EpisodeResult:
+                    video: str | None, rtc: str | None = None, rtc_delay: int = 0) -> EpisodeResult:
     env = _worker["env"]
     result, frames = run_episode(_worker["policy"], env, seed, actions_per_chunk, ensemble_decay,
-                                 record=video is not None, max_steps=env.max_steps)
+                                 record=video is not None, max_steps=env.max_steps, rtc=rtc,
+                                 rtc_delay=rtc_delay)
     if video is not None:
         write_video(Path(video), frames)
     return result
@@ -320,7 +365,8 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
              ensemble_decay: float | None = None, image_size: int | None = None,
              out: str | Path | None = None, workers: int = 1, videos: int = 3,
              max_steps: int = EPISODE_STEPS, progress: bool = True, policy=None,
-             threads: int = 1, num_steps: int | None = None) -> EvalReport:
+             threads: int = 1, num_steps: int | None = None, rtc: str | None = None,
+             rtc_delay: int = 0) -> EvalReport:
     """Roll out `episodes` episodes from seeds seed, seed+1, ... (all evaluation seeds).
 
     checkpoint: an inference directory (loaded with Policy.from_checkpoint); or pass `policy`
@@ -332,6 +378,8 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     max_steps: episode length (the task's 400 steps; shorter only for quick checks).
     num_steps: Euler denoising steps per chunk (default: the checkpoint's config; only with a
         checkpoint, not a policy object).
+    rtc: "guidance" | "inpaint" joins chunks by real-time chunking (run_episode); actions_per_chunk
+        then defaults to half the chunk and rtc_delay is the number of frozen steps.
     videos: the first `videos` successes and the first `videos` failures get an mp4 (seed order).
     workers: processes, each with its own policy and simulator (a checkpoint is needed for > 1).
     threads: torch intra-op threads per process. One is fastest for small models: at these sizes
@@ -356,14 +404,14 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     elif workers > 1:
         raise ValueError("workers > 1 load the policy from a checkpoint in each process; "
                          "a policy object runs with workers=1")
-    actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay)
+    actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay, rtc, rtc_delay)
     image_size = check_image_size(policy, checkpoint, image_size)
     out_dir = Path(out) if out is not None else None
     report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed,
                         actions_per_chunk=actions_per_chunk, ensemble_decay=ensemble_decay,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
                         out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
-                        num_steps=getattr(policy, "num_steps", None))
+                        num_steps=getattr(policy, "num_steps", None), rtc=rtc, rtc_delay=rtc_delay)
     with torch_threads(threads), _env(task, image_size, max_steps) as env:
         preflight(policy, env, seeds[0])
         if out_dir is not None:
@@ -446,7 +494,8 @@ def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path |
                 video = video_path(index)
                 result, frames = run_episode(policy, env, s, report.actions_per_chunk,
                                              report.ensemble_decay, record=video is not None,
-                                             max_steps=report.max_steps)
+                                             max_steps=report.max_steps, rtc=report.rtc,
+                                             rtc_delay=report.rtc_delay)
                 if video is not None:
                     write_video(Path(video), frames)
                 finish(result, video)
@@ -470,7 +519,7 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
         for index, s in enumerate(seeds):
             video = video_path(index)
             pending.append((pool.submit(_worker_episode, s, report.actions_per_chunk,
-                                        report.ensemble_decay, video), video))
+                                        report.ensemble_decay, video, report.rtc, report.rtc_delay), video))
             if len(pending) > workers:
                 future, video = pending.popleft()
                 finish(future.result(), video)
