@@ -55,6 +55,19 @@ def test_graphed_policy_gives_the_same_actions(policy, tiny_checkpoint):
                                    policy.infer(observation(seed), noise=noise())["actions"], rtol=1e-5, atol=1e-5)
 
 
+def test_warmup_fills_the_shapes_every_request_uses(tiny_checkpoint):
+    """Policy.warmup runs one chunk on a blank observation; a graphed policy keeps one input slot
+    for it and for real requests (other prompts, fewer cameras, other image sizes)."""
+    graphed = Policy.from_checkpoint(tiny_checkpoint, graphed=True)
+    assert graphed.warmup() > 0 and len(graphed.sampler.slots) == 1
+    obs = observation(3)
+    obs["prompt"] = "a different and longer prompt than the warm-up one"
+    obs["images"] = {"top": np.zeros((30, 70, 3), np.uint8)}
+    graphed.infer(obs)
+    graphed.infer(observation(4))
+    assert len(graphed.sampler.slots) == 1
+
+
 def test_serve_refuses_cuda_graphs_on_cpu(tiny_checkpoint):
     import subprocess
     import sys

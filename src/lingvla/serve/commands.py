@@ -93,6 +93,9 @@ def serve(args: argparse.Namespace) -> int:
     policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=device, dtype=dtype,
                                     num_steps=args.num_steps, graphed=args.cuda_graphs,
                                     compile_layers=args.compile)
+    if args.cuda_graphs:  # capture (and compile) now, not on the first robot's request
+        logging.getLogger("lingvla.serve").info("warm-up chunk (CUDA graph%s): %.1f s",
+                                                " + compile" if args.compile else "", policy.warmup())
     server = PolicyServer(policy, host=args.host, port=args.port, token=token,
                           max_message_bytes=int(args.max_message_mb * 2**20), rtc_method=args.rtc_method)
 
