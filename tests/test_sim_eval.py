@@ -135,13 +135,14 @@ def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkey
     policy = Recording(Policy.from_checkpoint(checkpoint))
     env = make_env("transfer_cube", image_size=SIZE, max_steps=45)
     try:
-        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45, rtc=method, rtc_delay=3)
+        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45, rtc=method, rtc_delay=3,
+                                                rtc_max_guidance=2.0)
     finally:
         env.close()
     assert result.inferences == 3 and len(policy.calls) == 3  # steps 0, 20, 40
     assert policy.calls[0][0] is None
     for (_, _, _, before), (prefix, delay, config, chunk) in zip(policy.calls, policy.calls[1:]):
-        assert delay == 3 and config.method == method
+        assert delay == 3 and config.method == method and config.max_guidance == 2.0
         np.testing.assert_array_equal(prefix, before[20:])  # 30 unexecuted actions
         np.testing.assert_array_equal(chunk[:3], before[20:23])
         assert not np.allclose(chunk[3:30], before[23:])  # the rest of the overlap is sampled, not copied
@@ -217,6 +218,8 @@ def test_bad_settings_are_refused_before_rollouts(checkpoint, no_rollouts):
     with pytest.raises(ValueError, match="must be >= 1 and >= rtc_delay"):
         evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="inpaint", actions_per_chunk=40, rtc_delay=11,
                  progress=False)
+    with pytest.raises(ValueError, match="max_guidance must be > 0"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="guidance", rtc_max_guidance=0.0, progress=False)
     with pytest.raises(ValueError, match="give rtc too"):
         evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc_delay=2, progress=False)
     with pytest.raises(ValueError, match="num_steps=0"):

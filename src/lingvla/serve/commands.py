@@ -21,7 +21,7 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--num-steps", type=int, default=None, help="Euler denoising steps (default: the config's)")
     p.add_argument("--max-message-mb", type=float, default=32.0,
                    help="largest request answered (bigger ones get an error reply)")
-    p.add_argument("--rtc-method", default="guidance", choices=["guidance", "inpaint"],
+    p.add_argument("--rtc-method", default="inpaint", choices=["inpaint", "guidance"],
                    help="real-time chunking sampler when a request carries prefix_actions")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],

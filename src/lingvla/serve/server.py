@@ -67,7 +67,7 @@ class PolicyServer:
     """Serve `policy` (anything with .infer(obs, **kw) -> {"actions": ...} and .metadata)."""
 
     def __init__(self, policy, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rtc_method: str = "guidance"):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rtc_method: str = "inpaint"):
         from lingvla.serve.rtc import RTCConfig
 
         self.policy = policy
@@ -76,7 +76,7 @@ class PolicyServer:
         self.default_rtc = RTCConfig(method=rtc_method)
         self.metadata = dict(policy.metadata)
         self.metadata["server"] = {"protocol": "openpi-websocket", "max_message_bytes": self.max_message_bytes,
-                                   "rtc_methods": ["guidance", "inpaint"], "rtc_default": rtc_method,
+                                   "rtc_methods": ["inpaint", "guidance"], "rtc_default": rtc_method,
                                    "optional_keys": list(SERVER_KEYS)}
         self.stats = {"connections": 0, "requests": 0, "errors": 0, "dropped": 0}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lingvla-infer")

@@ -59,6 +59,8 @@ def add_commands(commands, bench) -> None:
     ev.add_argument("--rtc-delay", type=int, default=0,
                     help="with --rtc: the new chunk's first D actions are the previous chunk's (the steps "
                          "a robot executes while it waits for the chunk)")
+    ev.add_argument("--rtc-max-guidance", type=float, default=5.0,
+                    help="with --rtc guidance: clip of the guidance weight (the paper's 5)")
     ev.add_argument("--num-steps", type=int, default=None,
                     help="Euler denoising steps per chunk (default: the checkpoint's, 10)")
     ev.add_argument("--image-size", type=int, default=None,
@@ -150,7 +152,7 @@ def _eval_sim(args: argparse.Namespace) -> int:
                           image_size=args.image_size, out=out, workers=args.workers,
                           videos=args.videos, max_steps=args.max_steps,
                           progress=not args.no_progress, num_steps=args.num_steps, rtc=args.rtc,
-                          rtc_delay=args.rtc_delay)
+                          rtc_delay=args.rtc_delay, rtc_max_guidance=args.rtc_max_guidance)
     except (CheckpointMismatchError, SeedRangeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -10,8 +10,9 @@ chunk, executes its first `actions_per_chunk` actions, asks again, ... until rew
 or 400 steps. With `ensemble_decay` set, the chunks overlapping a step are averaged instead, with
 ACT's weights exp(-decay * i) (i = 0 for the oldest). With `rtc` set, each new chunk is sampled by
 real-time chunking (lingvla.serve.rtc) to continue the actions of the previous chunk that were not
-executed, its first `rtc_delay` equal to them (the steps a real robot executes while it waits). Flow noise is seeded per episode, so a result
-depends only on (checkpoint, seed, settings), not on the number of worker processes.
+executed, its first `rtc_delay` equal to them (the steps a real robot executes while it waits).
+Flow noise is seeded per episode, so a result depends only on (checkpoint, seed, settings), not on
+the number of worker processes.
 
 The report directory holds results.json (settings, summary, one row per episode), chart.png
 (each episode's best reward stage and the running success rate) and videos/ with the first few
@@ -73,6 +74,7 @@ class EvalReport:
     num_steps: int | None = None       # Euler denoising steps per chunk (the policy's)
     rtc: str | None = None             # real-time chunking sampler: guidance | inpaint
     rtc_delay: int = 0
+    rtc_max_guidance: float = 5.0      # guidance's weight clip (RTCConfig.max_guidance)
 
     @property
     def success_rate(self) -> float:
@@ -93,6 +95,7 @@ class EvalReport:
             "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
             "max_steps": self.max_steps, "num_steps": self.num_steps, "rtc": self.rtc,
             "rtc_delay": self.rtc_delay if self.rtc else None,
+            "rtc_max_guidance": self.rtc_max_guidance if self.rtc == "guidance" else None,
             "median_success_step": int(np.median(firsts)) if firsts else None,
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
@@ -273,7 +276,7 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 def run_episode(policy, env, seed: int, actions_per_chunk: int,
                 ensemble_decay: float | None = None, record: bool = False,
                 max_steps: int = EPISODE_STEPS, on_step=None, rtc: str | None = None,
-                rtc_delay: int = 0) -> tuple[EpisodeResult, list[np.ndarray]]:
+                rtc_delay: int = 0, rtc_max_guidance: float = 5.0) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode; cameras are rendered only on the steps that ask for a chunk
     (every step when recording a video). Returns the result and the tiled frames if recorded.
     `on_step(step, env)` is called after each environment step (step counts from 1).
@@ -286,7 +289,7 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
     if rtc is not None:
         from lingvla.serve.rtc import RTCConfig
 
-        rtc_config = RTCConfig(method=rtc)
+        rtc_config = RTCConfig(method=rtc, max_guidance=rtc_max_guidance)
 
     torch.manual_seed(seed)  # the flow-matching noise of this episode
     if hasattr(policy, "reset"):
@@ -348,11 +351,12 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
 
 
 def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | None,
-                    video: str | None, rtc: str | None = None, rtc_delay: int = 0) -> EpisodeResult:
+                    video: str | None, rtc: str | None = None, rtc_delay: int = 0,
+                    rtc_max_guidance: float = 5.0) -> EpisodeResult:
     env = _worker["env"]
     result, frames = run_episode(_worker["policy"], env, seed, actions_per_chunk, ensemble_decay,
                                  record=video is not None, max_steps=env.max_steps, rtc=rtc,
-                                 rtc_delay=rtc_delay)
+                                 rtc_delay=rtc_delay, rtc_max_guidance=rtc_max_guidance)
     if video is not None:
         write_video(Path(video), frames)
     return result
@@ -366,7 +370,7 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
              out: str | Path | None = None, workers: int = 1, videos: int = 3,
              max_steps: int = EPISODE_STEPS, progress: bool = True, policy=None,
              threads: int = 1, num_steps: int | None = None, rtc: str | None = None,
-             rtc_delay: int = 0) -> EvalReport:
+             rtc_delay: int = 0, rtc_max_guidance: float = 5.0) -> EvalReport:
     """Roll out `episodes` episodes from seeds seed, seed+1, ... (all evaluation seeds).
 
     checkpoint: an inference directory (loaded with Policy.from_checkpoint); or pass `policy`
@@ -379,7 +383,8 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     num_steps: Euler denoising steps per chunk (default: the checkpoint's config; only with a
         checkpoint, not a policy object).
     rtc: "guidance" | "inpaint" joins chunks by real-time chunking (run_episode); actions_per_chunk
-        then defaults to half the chunk and rtc_delay is the number of frozen steps.
+        then defaults to half the chunk and rtc_delay is the number of frozen steps;
+        rtc_max_guidance clips guidance's weight (lingvla.serve.rtc.RTCConfig).
     videos: the first `videos` successes and the first `videos` failures get an mp4 (seed order).
     workers: processes, each with its own policy and simulator (a checkpoint is needed for > 1).
     threads: torch intra-op threads per process. One is fastest for small models: at these sizes
@@ -405,13 +410,18 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
         raise ValueError("workers > 1 load the policy from a checkpoint in each process; "
                          "a policy object runs with workers=1")
     actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay, rtc, rtc_delay)
+    if rtc is not None:
+        from lingvla.serve.rtc import RTCConfig
+
+        RTCConfig(method=rtc, max_guidance=rtc_max_guidance)  # a bad clip fails here, before rollouts
     image_size = check_image_size(policy, checkpoint, image_size)
     out_dir = Path(out) if out is not None else None
     report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed,
                         actions_per_chunk=actions_per_chunk, ensemble_decay=ensemble_decay,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
                         out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
-                        num_steps=getattr(policy, "num_steps", None), rtc=rtc, rtc_delay=rtc_delay)
+                        num_steps=getattr(policy, "num_steps", None), rtc=rtc, rtc_delay=rtc_delay,
+                        rtc_max_guidance=rtc_max_guidance)
     with torch_threads(threads), _env(task, image_size, max_steps) as env:
         preflight(policy, env, seeds[0])
         if out_dir is not None:
@@ -495,7 +505,8 @@ def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path |
                 result, frames = run_episode(policy, env, s, report.actions_per_chunk,
                                              report.ensemble_decay, record=video is not None,
                                              max_steps=report.max_steps, rtc=report.rtc,
-                                             rtc_delay=report.rtc_delay)
+                                             rtc_delay=report.rtc_delay,
+                                             rtc_max_guidance=report.rtc_max_guidance)
                 if video is not None:
                     write_video(Path(video), frames)
                 finish(result, video)
@@ -519,7 +530,8 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
         for index, s in enumerate(seeds):
             video = video_path(index)
             pending.append((pool.submit(_worker_episode, s, report.actions_per_chunk,
-                                        report.ensemble_decay, video, report.rtc, report.rtc_delay), video))
+                                        report.ensemble_decay, video, report.rtc, report.rtc_delay,
+                                        report.rtc_max_guidance), video))
             if len(pending) > workers:
                 future, video = pending.popleft()
                 finish(future.result(), video)
