@@ -129,14 +129,15 @@ def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkey
     """rtc: every chunk after the first is asked to continue the previous chunk's unexecuted
     actions, and its first rtc_delay actions are those actions exactly."""
     from lingvla.inference import Policy
+    from lingvla.serve.rtc import RTCConfig
     from lingvla.sim.env import make_env
 
     monkeypatch.chdir(tmp_path)
     policy = Recording(Policy.from_checkpoint(checkpoint))
     env = make_env("transfer_cube", image_size=SIZE, max_steps=45)
     try:
-        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45, rtc=method, rtc_delay=3,
-                                                rtc_max_guidance=2.0)
+        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45,
+                                                rtc=RTCConfig(method, max_guidance=2.0), rtc_delay=3)
     finally:
         env.close()
     assert result.inferences == 3 and len(policy.calls) == 3  # steps 0, 20, 40

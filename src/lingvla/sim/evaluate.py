@@ -72,9 +72,8 @@ class EvalReport:
     out: str | None = None
     max_steps: int = EPISODE_STEPS
     num_steps: int | None = None       # Euler denoising steps per chunk (the policy's)
-    rtc: str | None = None             # real-time chunking sampler: guidance | inpaint
+    rtc: object | None = None          # lingvla.serve.rtc.RTCConfig when chunks are joined by RTC
     rtc_delay: int = 0
-    rtc_max_guidance: float = 5.0      # guidance's weight clip (RTCConfig.max_guidance)
 
     @property
     def success_rate(self) -> float:
@@ -93,9 +92,10 @@ class EvalReport:
             "successes": sum(e.success for e in self.episodes), "episodes": len(self.episodes),
             "seed": self.seed, "actions_per_chunk": self.actions_per_chunk,
             "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
-            "max_steps": self.max_steps, "num_steps": self.num_steps, "rtc": self.rtc,
+            "max_steps": self.max_steps, "num_steps": self.num_steps,
+            "rtc": self.rtc.method if self.rtc else None,
             "rtc_delay": self.rtc_delay if self.rtc else None,
-            "rtc_max_guidance": self.rtc_max_guidance if self.rtc == "guidance" else None,
+            "rtc_max_guidance": self.rtc.max_guidance if self.rtc and self.rtc.method == "guidance" else None,
             "median_success_step": int(np.median(firsts)) if firsts else None,
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
@@ -105,7 +105,7 @@ class EvalReport:
 # ------------------------------------------------------------------------------ checks
 
 def check_policy(policy, task: str, actions_per_chunk: int | None,
-                 ensemble_decay: float | None = None, rtc: str | None = None, rtc_delay: int = 0) -> int:
+                 ensemble_decay: float | None = None, rtc=None, rtc_delay: int = 0) -> int:
     """Refuse a policy that cannot drive `task`; return the actions executed per chunk.
 
     A `lingvla.inference.Policy` must have a 14-D action and state embodiment whose cameras include
@@ -143,10 +143,6 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
     if rtc is None and rtc_delay:
         raise ValueError(f"rtc_delay={rtc_delay} is for real-time chunking: give rtc too")
     if rtc is not None:
-        from lingvla.serve.rtc import METHODS
-
-        if rtc not in METHODS:
-            raise ValueError(f"rtc={rtc!r}: expected one of {METHODS}")
         if ensemble_decay is not None:
             raise ValueError("rtc and ensemble_decay are two ways to join chunks: choose one")
         if chunk is None or not hasattr(policy, "model"):
@@ -275,21 +271,16 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 def run_episode(policy, env, seed: int, actions_per_chunk: int,
                 ensemble_decay: float | None = None, record: bool = False,
-                max_steps: int = EPISODE_STEPS, on_step=None, rtc: str | None = None,
-                rtc_delay: int = 0, rtc_max_guidance: float = 5.0) -> tuple[EpisodeResult, list[np.ndarray]]:
+                max_steps: int = EPISODE_STEPS, on_step=None, rtc=None,
+                rtc_delay: int = 0) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode; cameras are rendered only on the steps that ask for a chunk
     (every step when recording a video). Returns the result and the tiled frames if recorded.
     `on_step(step, env)` is called after each environment step (step counts from 1).
-    rtc: every chunk after the first continues the previous one's unexecuted actions through
-    `policy.infer(..., prefix_actions=, prefix_delay=rtc_delay)`; the simulator waits for the chunk,
-    and its first rtc_delay actions are the ones a robot would have executed meanwhile."""
+    rtc (an RTCConfig): every chunk after the first continues the previous one's unexecuted actions
+    through `policy.infer(..., prefix_actions=, prefix_delay=rtc_delay, rtc=rtc)`; the simulator
+    waits for the chunk, and its first rtc_delay actions are the ones a robot would have executed
+    meanwhile."""
     import torch
-
-    rtc_config = None
-    if rtc is not None:
-        from lingvla.serve.rtc import RTCConfig
-
-        rtc_config = RTCConfig(method=rtc, max_guidance=rtc_max_guidance)
 
     torch.manual_seed(seed)  # the flow-matching noise of this episode
     if hasattr(policy, "reset"):
@@ -304,11 +295,11 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
         if executor.needs_chunk(step):
             t0 = time.perf_counter()
             observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt}
-            prefix = executor.unexecuted(step) if rtc_config is not None else None
+            prefix = executor.unexecuted(step) if rtc is not None else None
             if prefix is None:
                 out = policy.infer(observation)
             else:
-                out = policy.infer(observation, prefix_actions=prefix, prefix_delay=rtc_delay, rtc=rtc_config)
+                out = policy.infer(observation, prefix_actions=prefix, prefix_delay=rtc_delay, rtc=rtc)
             infer_s += time.perf_counter() - t0
             inferences += 1
             executor.add(step, check_chunk(out["actions"], f"episode seed {seed}, step {step}"))
@@ -351,12 +342,11 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
 
 
 def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | None,
-                    video: str | None, rtc: str | None = None, rtc_delay: int = 0,
-                    rtc_max_guidance: float = 5.0) -> EpisodeResult:
+                    video: str | None, rtc=None, rtc_delay: int = 0) -> EpisodeResult:
     env = _worker["env"]
     result, frames = run_episode(_worker["policy"], env, seed, actions_per_chunk, ensemble_decay,
                                  record=video is not None, max_steps=env.max_steps, rtc=rtc,
-                                 rtc_delay=rtc_delay, rtc_max_guidance=rtc_max_guidance)
+                                 rtc_delay=rtc_delay)
     if video is not None:
         write_video(Path(video), frames)
     return result
@@ -409,19 +399,19 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     elif workers > 1:
         raise ValueError("workers > 1 load the policy from a checkpoint in each process; "
                          "a policy object runs with workers=1")
-    actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay, rtc, rtc_delay)
-    if rtc is not None:
+    rtc_config = None
+    if rtc is not None:  # a bad method or clip fails here, before any rollout
         from lingvla.serve.rtc import RTCConfig
 
-        RTCConfig(method=rtc, max_guidance=rtc_max_guidance)  # a bad clip fails here, before rollouts
+        rtc_config = RTCConfig(method=rtc, max_guidance=rtc_max_guidance)
+    actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay, rtc_config, rtc_delay)
     image_size = check_image_size(policy, checkpoint, image_size)
     out_dir = Path(out) if out is not None else None
     report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed,
                         actions_per_chunk=actions_per_chunk, ensemble_decay=ensemble_decay,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
                         out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
-                        num_steps=getattr(policy, "num_steps", None), rtc=rtc, rtc_delay=rtc_delay,
-                        rtc_max_guidance=rtc_max_guidance)
+                        num_steps=getattr(policy, "num_steps", None), rtc=rtc_config, rtc_delay=rtc_delay)
     with torch_threads(threads), _env(task, image_size, max_steps) as env:
         preflight(policy, env, seeds[0])
         if out_dir is not None:
@@ -505,8 +495,7 @@ def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path |
                 result, frames = run_episode(policy, env, s, report.actions_per_chunk,
                                              report.ensemble_decay, record=video is not None,
                                              max_steps=report.max_steps, rtc=report.rtc,
-                                             rtc_delay=report.rtc_delay,
-                                             rtc_max_guidance=report.rtc_max_guidance)
+                                             rtc_delay=report.rtc_delay)
                 if video is not None:
                     write_video(Path(video), frames)
                 finish(result, video)
@@ -530,8 +519,7 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
         for index, s in enumerate(seeds):
             video = video_path(index)
             pending.append((pool.submit(_worker_episode, s, report.actions_per_chunk,
-                                        report.ensemble_decay, video, report.rtc, report.rtc_delay,
-                                        report.rtc_max_guidance), video))
+                                        report.ensemble_decay, video, report.rtc, report.rtc_delay), video))
             if len(pending) > workers:
                 future, video = pending.popleft()
                 finish(future.result(), video)
