@@ -3,7 +3,6 @@ transfer-cube recipe (the package cannot read configs/, so sim/demo.py restates 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ def test_recipe_loads_and_validates(path):
 
 
 def test_demo_recipe_is_the_transfer_cube_recipe():
-    from lingvla.sim.demo import DEMO_RECIPE, DEMO_WINDOWS
+    from lingvla.sim.demo import DEMO_RECIPE, demo_train_config
 
     recipe = load_train_config(CONFIGS[[p.stem for p in CONFIGS].index("aloha_transfer_cube")])
     demo = TrainConfig.from_dict(DEMO_RECIPE)
@@ -40,7 +39,8 @@ def test_demo_recipe_is_the_transfer_cube_recipe():
     for key in ("batch_size", "steps", "optim"):
         assert getattr(demo, key) == getattr(recipe, key), key
     assert demo.data.normalization == recipe.data.normalization
-    windows = defaultdict(float)
-    for spec in recipe.data.datasets:
-        windows[tuple(spec["episode_frames"])] += spec["weight"]
-    assert dict(windows) == pytest.approx({tuple(w): weight for w, weight in DEMO_WINDOWS})
+    # the same frames: whole episodes of one dataset, as the recipe's (whose two datasets are one
+    # seed range split in two, weighted by their length)
+    demo_data = demo_train_config(Path("d"), Path("t"), 84).data.datasets
+    assert [set(spec) for spec in demo_data] == [{"path", "embodiment"}]
+    assert all(set(spec) == {"path", "embodiment", "weight"} for spec in recipe.data.datasets)

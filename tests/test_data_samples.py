@@ -170,6 +170,38 @@ def test_worker_processes_after_use_in_main(data):
     assert torch.equal(torch.cat([b["actions"] for b in got]), expected["actions"])
 
 
+def test_episode_selection(data):
+    """episodes / exclude_episodes keep or leave out whole episodes, with or without a window, in the
+    samples, the mixture and the norm stats; a bad list is an error naming it."""
+    whole = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32)
+    second = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32, episodes=[1])
+    first = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+                         exclude_episodes=[1])
+    windowed = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+                            episodes=[1], episode_frames=[5, 45])
+    assert (len(first), len(second), len(windowed)) == (40, 60, 40)  # episode 0: 40 frames, 1: 60
+    for ds, i, j in [(second, 0, 40), (second, 59, 99), (first, 39, 39), (windowed, 0, 45), (windowed, 39, 84)]:
+        a, b = ds[i], whole[j]
+        np.testing.assert_array_equal(a["state"].numpy(), b["state"].numpy())
+        np.testing.assert_array_equal(a["actions"].numpy(), b["actions"].numpy())
+    loader = make_dataloader([{"path": data["aloha"], "embodiment": "aloha", "exclude_episodes": [0]}],
+                             batch_size=6, norm_stats=data["stats"], chunk_size=10, image_size=32)
+    assert len(loader.dataset) == 60
+    # the stats count the kept episodes' frames only
+    stats = compute_norm_stats([{"path": data["aloha"], "exclude_episodes": [1]}], "aloha")
+    states0, _ = trajectories(40, 14, seed=0)
+    assert stats["count"] == 40
+    np.testing.assert_allclose(stats["state"]["mean"], states0.mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        RobotDataset(data["aloha"], "aloha", episodes=[0], exclude_episodes=[1])
+    with pytest.raises(ValueError, match=r"exclude_episodes \[7\].*no such episode"):
+        RobotDataset(data["aloha"], "aloha", exclude_episodes=[1, 7])
+    with pytest.raises(ValueError, match="leaves no episode"):
+        RobotDataset(data["aloha"], "aloha", exclude_episodes=[0, 1])
+    with pytest.raises(ValueError, match="list of episode indices"):
+        RobotDataset(data["aloha"], "aloha", episodes="first")
+
+
 def test_episode_frames_window(data):
     whole = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32)
     window = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,

@@ -84,6 +84,29 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
         load_train_config(None, ["stepz=3"])
     with pytest.raises(ValueError, match="mixed_precision"):
         load_train_config(None, ["parallel.mixed_precision=fp8"])
+    with pytest.raises(ValueError, match="data.datasets entry.*episode_frame"):  # a typo is not ignored
+        load_train_config(None, ["data.datasets=[{path: d, episode_frame: [0, 5]}]"])
+
+
+def test_dataset_windows_and_selection_reach_the_loader_and_stats(dataset, tmp_path, monkeypatch):
+    """A dataset entry's episode_frames and exclude_episodes are what the run samples and what its
+    norm stats count (they were once dropped on the way to the loader)."""
+    import lingvla.data.mixture as mixture
+
+    made = []
+
+    def recording(*args, **kwargs):
+        made.append(mixture_make(*args, **kwargs))
+        return made[-1]
+
+    mixture_make = mixture.make_dataloader
+    monkeypatch.setattr(mixture, "make_dataloader", recording)
+    spec = f"[{{path: {dataset}, embodiment: aloha, episode_frames: [0, 10], exclude_episodes: [1]}}]"
+    config = load_train_config(None, overrides(dataset, tmp_path / "run", steps=1, **{"data.datasets": spec}))
+    train(config, progress=False, save=False)
+    assert len(made) == 1 and len(made[0].dataset) == 10  # frames 0-9 of episode 0 only
+    stats = json.loads((tmp_path / "run" / "norm_stats.json").read_text())
+    assert stats["counts"]["aloha"] == 60  # episode 0's frames (a window does not narrow the stats)
 
 
 def test_flops_count_matches_the_papers_figures():

@@ -245,6 +245,9 @@ class ResumableLoader:
         return {"position": self.position, "skipped": self.skipped, "skip_reasons": self.skip_reasons[-5:]}
 
 
+SPEC_KEYS = ("root", "embodiment", "weight", "episode_frames", "episodes", "exclude_episodes")
+
+
 def _dataset_specs(datasets) -> list[dict]:
     specs = []
     for item in datasets:
@@ -258,10 +261,10 @@ def _dataset_specs(datasets) -> list[dict]:
                 spec["weight"] = item[2]
         else:
             spec = {"root": item}
-        unknown = set(spec) - {"root", "embodiment", "weight", "episode_frames"}
+        unknown = set(spec) - set(SPEC_KEYS)
         if unknown or "root" not in spec:
             raise ValueError(f"dataset spec {item!r}: use a path, (path, embodiment[, weight]) or "
-                             "{root, embodiment, weight, episode_frames}")
+                             f"a dict with keys {{{', '.join(SPEC_KEYS)}}}")
         specs.append(spec)
     return specs
 
@@ -277,8 +280,9 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     """A resumable loader of training batches over a weighted mixture of datasets.
 
     datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
-        {"root", "embodiment", "weight", "episode_frames"} dicts; weights given there override
-        ``weights``; episode_frames [start, stop] keeps that window of each episode (RobotDataset).
+        {"root", "embodiment", "weight", "episode_frames", "episodes", "exclude_episodes"} dicts;
+        weights given there override ``weights``; episode_frames [start, stop] keeps that window of
+        each episode, episodes / exclude_episodes keep / leave out those episodes (RobotDataset).
     norm_stats: norm_stats.json path or dict holding every embodiment of the mixture.
     weights: "hours" (default), "frames", "uniform" or a list, one per dataset.
     rank/world_size: default to torch.distributed's when it is initialised, else 0/1.
@@ -306,7 +310,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                             camera_slots=CAMERA_SLOTS[:num_cameras], normalization_mode=normalization_mode,
                             min_scale=DEFAULT_MIN_SCALE if min_scale is None else min_scale, clip=clip,
                             registry=registry, on_bad_sample=on_bad_sample, depth=depth,
-                            depth_cache=depth_cache, episode_frames=s.get("episode_frames"))
+                            depth_cache=depth_cache, episode_frames=s.get("episode_frames"),
+                            episodes=s.get("episodes"), exclude_episodes=s.get("exclude_episodes"))
                for s in specs]
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):

@@ -59,6 +59,8 @@ class RobotDataset(torch.utils.data.Dataset):
             same dataset twice, once whole and once with a short window, oversamples a phase (such
             as episode starts, where only the images tell where the object is); a window that ends
             soon after the task succeeds drops frames of holding still.
+        episodes / exclude_episodes: episode indices (episode_index as stored) to keep / to leave
+            out, e.g. demonstrations known to be bad; None keeps every episode. Not both.
     """
 
     def __init__(self, root, embodiment=None, *, norm_stats=None, action_dim: int = 32,
@@ -66,7 +68,8 @@ class RobotDataset(torch.utils.data.Dataset):
                  normalization_mode: str = "quantile", min_scale: float = DEFAULT_MIN_SCALE,
                  clip: float | None = None, registry=None, on_bad_sample: str = "raise",
                  max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4,
-                 depth: bool = False, depth_cache: str | None = None, episode_frames=None):
+                 depth: bool = False, depth_cache: str | None = None, episode_frames=None,
+                 episodes=None, exclude_episodes=None):
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
@@ -88,7 +91,7 @@ class RobotDataset(torch.utils.data.Dataset):
             require_depth_features(self.source, self.camera_keys)
             if self.source.columns is not None:
                 self.source.columns += [depth_key(k) for k in self.camera_keys if k is not None]
-        self.frames = None if episode_frames is None else frame_window(self.source, episode_frames)
+        self.frames = select_frames(self.source, episode_frames, episodes, exclude_episodes)
         self.depth_cache = None if depth_cache is None else DepthCache(
             self.source.root, depth_cache, num_frames=self.source.num_frames, image_size=self.image_size,
             camera_keys=self.camera_keys)
@@ -196,17 +199,50 @@ class RobotDataset(torch.utils.data.Dataset):
         }
 
 
-def frame_window(source: LeRobotDataset, window) -> np.ndarray:
-    """Dataset positions of the frames start <= f < stop of every episode, in order."""
+def selected_episodes(source: LeRobotDataset, episodes=None, exclude_episodes=None) -> set[int] | None:
+    """The episode indices (episode_index as stored) kept by `episodes` (keep only these) or
+    `exclude_episodes` (leave these out); None when neither is given. An index the dataset does not
+    hold is an error: it is usually a list meant for another dataset."""
+    if episodes is not None and exclude_episodes is not None:
+        raise ValueError("give episodes (to keep) or exclude_episodes (to leave out), not both")
+    listed = episodes if episodes is not None else exclude_episodes
+    if listed is None:
+        return None
+    name = "episodes" if episodes is not None else "exclude_episodes"
     try:
-        start, stop = window
-        start, stop = int(start), (None if stop is None else int(stop))
+        listed = {int(i) for i in listed}
     except (TypeError, ValueError):
-        raise ValueError(f"episode_frames must be [start, stop] (stop may be null); got {window!r}") from None
-    if start < 0 or (stop is not None and stop <= start):
-        raise ValueError(f"episode_frames [{start}, {stop}]: need 0 <= start < stop")
+        raise ValueError(f"{name} must be a list of episode indices; got {listed!r}") from None
+    stored = {e.index for e in source.episodes}
+    unknown = sorted(listed - stored)
+    if unknown:
+        raise ValueError(f"{name} {unknown[:10]}: {source.root} has no such episode "
+                         f"(it holds {len(stored)} episodes, indices {min(stored)}..{max(stored)})")
+    kept = listed if episodes is not None else stored - listed
+    if not kept:
+        raise ValueError(f"{name} leaves no episode of {source.root}")
+    return kept
+
+
+def select_frames(source: LeRobotDataset, window=None, episodes=None, exclude_episodes=None) -> np.ndarray | None:
+    """Dataset positions of the frames start <= f < stop (window) of every selected episode
+    (selected_episodes), in order; None when nothing is selected away."""
+    kept = selected_episodes(source, episodes, exclude_episodes)
+    if window is None and kept is None:
+        return None
+    start, stop = 0, None
+    if window is not None:
+        try:
+            start, stop = window
+            start, stop = int(start), (None if stop is None else int(stop))
+        except (TypeError, ValueError):
+            raise ValueError(f"episode_frames must be [start, stop] (stop may be null); got {window!r}") from None
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f"episode_frames [{start}, {stop}]: need 0 <= start < stop")
     positions = []
     for ep, episode in enumerate(source.episodes):
+        if kept is not None and episode.index not in kept:
+            continue
         end = episode.length if stop is None else min(stop, episode.length)
         positions.append(source.episode_start(ep) + np.arange(min(start, end), end))
     positions = np.concatenate([np.zeros(0, np.int64), *positions]).astype(np.int64)

@@ -137,21 +137,33 @@ def compute_norm_stats(datasets, embodiment, *, registry=None, num_bins: int = D
                        memory_budget_mb: float = 512) -> dict:
     """Stats of one embodiment over one or more datasets: {"state": {...}, "action": {...}, "count": N}.
 
-    ``datasets``: paths or LeRobotDataset objects; ``embodiment``: a name or an Embodiment.
+    ``datasets``: paths, LeRobotDataset objects, or dicts {"path" (or "root"), "episodes" or
+    "exclude_episodes"} that count only the selected episodes (as the training mixture samples
+    them); ``embodiment``: a name or an Embodiment.
     """
     from lingvla.data.embodiments import resolve_embodiment
     from lingvla.data.lerobot import LeRobotDataset
+    from lingvla.data.samples import selected_episodes
 
     emb = resolve_embodiment(embodiment, registry)
-    sources = [d if isinstance(d, LeRobotDataset) else LeRobotDataset(d) for d in datasets]
+    sources, selections = [], []
+    for item in datasets:
+        spec = dict(item) if isinstance(item, dict) else {"path": item}
+        root = spec.get("path", spec.get("root"))
+        source = root if isinstance(root, LeRobotDataset) else LeRobotDataset(root)
+        sources.append(source)
+        selections.append(selected_episodes(source, spec.get("episodes"), spec.get("exclude_episodes")))
     stats = {"state": RunningStats(num_bins), "action": RunningStats(num_bins)}
     kept: list[dict[str, np.ndarray]] | None = []
     kept_bytes = 0
 
     def batches():
-        for source in sources:
+        for source, kept in zip(sources, selections):
             emb.validate(source)
             for path, columns in source.iter_data_files(emb.columns()):
+                if kept is not None:
+                    rows = np.isin(columns["episode_index"].reshape(-1), list(kept))
+                    columns = {k: v[rows] for k, v in columns.items()}
                 batch = {}
                 for key in ("state", "action"):
                     values = emb.gather(key, columns)

@@ -45,9 +45,6 @@ DEMO_RECIPE: dict = {
     "save_every": 1000,
     "tensorboard": False,
 }
-# Frames of each demonstration trained on: up to ~20 steps after success, plus the episode starts
-# again (where only the top camera tells where the cube is), as weights of one mixture.
-DEMO_WINDOWS = (((0, 240), 0.7), ((0, 40), 0.3))
 TIMED_STEPS = 20         # warm-up steps timed to size the run (within the lr warm-up)
 MIN_STEPS = 50
 EVAL_SETUP_S = 60.0      # evaluation: loading, pre-flight, videos
@@ -98,8 +95,7 @@ def demo_train_config(data_dir: Path, train_dir: Path, image_size: int, override
 
     raw = json.loads(json.dumps(DEMO_RECIPE))
     raw["model"]["image_size"] = image_size
-    raw["data"]["datasets"] = [{"path": str(data_dir), "embodiment": "aloha", "episode_frames": list(window),
-                                "weight": weight} for window, weight in DEMO_WINDOWS]
+    raw["data"]["datasets"] = [{"path": str(data_dir), "embodiment": "aloha"}]  # whole episodes, as the recipe
     raw["output_dir"] = str(train_dir)
     # Full structure first, so every key can be overridden (as on the train command line).
     full = TrainConfig.from_dict(raw).to_dict()

@@ -1,7 +1,8 @@
 """Training configuration: one YAML file, overridable by `key=value` on the command line.
 
     model:    a preset name plus any ModelConfig fields to override
-    data:     datasets (path, embodiment, weight), norm_stats, loader settings
+    data:     datasets (path, embodiment, weight, episode_frames, episodes / exclude_episodes),
+              norm_stats, loader settings
     optim:    AdamW, schedule, clipping, freezing, learning-rate multipliers
     parallel: data-parallel mesh (HSDP when dp_replicate > 1), mixed precision, compile, checkpointing
     the rest: batch size, steps, logging, checkpoints
@@ -101,6 +102,11 @@ class TrainConfig:
                              "expected auto, bf16 or fp32")
         if self.parallel.attn_backend not in ("auto", "sdpa", "flex"):
             raise ValueError(f"parallel.attn_backend={self.parallel.attn_backend!r}")
+        known = {"path", "embodiment", "weight", "episode_frames", "episodes", "exclude_episodes"}
+        for spec in self.data.datasets:
+            if not isinstance(spec, dict) or "path" not in spec or set(spec) - known:
+                raise ValueError(f"data.datasets entry {spec!r}: expected a dict with 'path' and optional keys "
+                                 f"{sorted(known - {'path'})}")
         if self.data.on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"data.on_bad_sample={self.data.on_bad_sample!r}; expected raise or skip")
         if self.data.depth_teacher not in ("sim-depth", "hf-depth"):

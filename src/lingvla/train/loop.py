@@ -243,7 +243,8 @@ def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distribute
                     raise ValueError(f"dataset {spec['path']}: no embodiment given and its robot_type "
                                      "matches none; set data.datasets[].embodiment")
                 name = found.name
-            by_embodiment.setdefault(name, []).append(spec["path"])
+            by_embodiment.setdefault(name, []).append(
+                {k: spec[k] for k in ("path", "episodes", "exclude_episodes") if k in spec})
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         for name, paths in by_embodiment.items():
@@ -320,8 +321,7 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
     ema_since = 0
 
     loader = make_dataloader(
-        [{"root": d["path"], "embodiment": d.get("embodiment"), "weight": d.get("weight")}
-         for d in config.data.datasets],
+        [{"root": d["path"], **{k: v for k, v in d.items() if k != "path"}} for d in config.data.datasets],
         batch_size=micro_local, norm_stats=str(norm_path), action_dim=model_config.action_dim,
         chunk_size=model_config.chunk_size, image_size=model_config.image_size,
         num_cameras=model_config.num_cameras, weights=config.data.weights, seed=config.seed,
