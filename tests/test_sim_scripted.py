@@ -45,6 +45,26 @@ def test_scripted_actions_are_deterministic():
     np.testing.assert_array_equal(a, b)
 
 
+def test_right_wrist_does_not_flip_half_a_turn(monkeypatch):
+    """Transfer-cube seed 5's approach passes the right wrist near its singularity; without the
+    mocap forearm-roll limit the weld turns forearm roll and wrist rotate by +-pi (another joint
+    branch, same gripper pose). With it the demonstration stays on the usual branch and still
+    succeeds in joint space, and a seed that never reaches the limit is unchanged."""
+    import lingvla.sim.physics as physics
+
+    def right_roll(seed):
+        return np.abs(record_joint_actions("transfer_cube", seed).actions[:, 10]).max()
+
+    kept_seed = record_joint_actions("transfer_cube", 0).actions
+    monkeypatch.setattr(physics, "MOCAP_FOREARM_ROLL_LIMIT", None)
+    assert right_roll(5) > 3.0  # the flip this guards against
+    np.testing.assert_array_equal(record_joint_actions("transfer_cube", 0).actions, kept_seed)
+    monkeypatch.undo()
+    episode = record_joint_actions("transfer_cube", 5)
+    assert np.abs(episode.actions[:, 10]).max() < 1.1
+    assert replay("transfer_cube", 5, episode.actions)[0] == 4
+
+
 def test_mocap_weld_holds_the_gripper_on_target():
     physics = AlohaPhysics("transfer_cube", mocap=True)
     physics.reset(physics.task.sample_object_poses(0))

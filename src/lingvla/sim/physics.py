@@ -27,6 +27,14 @@ STIFF_WELD_SOLIMP = (0.9, 0.95, 0.001)
 # held peg meets the socket, enough to jam the joint-space replay (0/20 insertions replayed);
 # at 5 and above 40/40 replay.
 WELD_TORQUESCALE = 10.0
+# Forearm roll range (rad) in the mocap variant, with a limit as stiff as the weld. Near the wrist's
+# singularity (wrist angle ~0) the weld can turn forearm roll and wrist rotate half a turn in
+# opposite directions - the same gripper pose on another joint-space branch. Without the limit,
+# 43 of 400 scripted transfer-cube demonstrations took that branch, depending on which side of
+# the arm the cube lay, and a policy trained on them failed mostly there (docs/recipes.md). No
+# demonstration without such a flip goes past 1.04 rad, so below the limit the demonstrations are
+# unchanged (the constraint is inactive).
+MOCAP_FOREARM_ROLL_LIMIT = 1.0
 
 
 def load_model(task: Task, mocap: bool = False) -> mujoco.MjModel:
@@ -40,6 +48,12 @@ def load_model(task: Task, mocap: bool = False) -> mujoco.MjModel:
             # the two bodies in the model's reference pose.)
             model.eq_data[weld, 3:10] = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
             model.eq_data[weld, 10] = WELD_TORQUESCALE
+        if MOCAP_FOREARM_ROLL_LIMIT is not None:
+            for arm in ARMS:
+                joint = model.joint(f"vx300s_{arm}/forearm_roll").id
+                model.jnt_range[joint] = (-MOCAP_FOREARM_ROLL_LIMIT, MOCAP_FOREARM_ROLL_LIMIT)
+                model.jnt_solimp[joint, :3] = (0.95, 0.99, 0.001)
+                model.jnt_solref[joint] = (0.004, 1.0)
     return model
 
 
