@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-FOREARM_ROLL = {"left": 3, "right": 10}   # in ALOHA's 14-D state and action
+FOREARM_ROLL = [3, 10]   # left and right forearm roll in ALOHA's 14-D state and action
 FLIP = np.pi / 2
 
 
@@ -30,7 +30,7 @@ def dataset_flips(path: str) -> list[int]:
     source = LeRobotDataset(path)
     flipped: set[int] = set()
     for _, columns in source.iter_data_files(["observation.state"]):
-        rolls = np.abs(columns["observation.state"][:, list(FOREARM_ROLL.values())]).max(axis=1)
+        rolls = np.abs(columns["observation.state"][:, FOREARM_ROLL]).max(axis=1)
         flipped.update(int(e) for e in np.unique(columns["episode_index"].reshape(-1)[rolls > FLIP]))
     return sorted(flipped)
 
@@ -50,7 +50,7 @@ def policy_flips(checkpoint: str, task: str, episodes: int, seed: int) -> dict:
             peak = [0.0]
 
             def on_step(step, env, peak=peak):
-                peak[0] = max(peak[0], float(np.abs(env.physics.joint_state()[list(FOREARM_ROLL.values())]).max()))
+                peak[0] = max(peak[0], float(np.abs(env.physics.joint_state()[FOREARM_ROLL]).max()))
 
             result, _ = run_episode(policy, env, s, policy.model.config.chunk_size, on_step=on_step)
             rows.append({"seed": s, "success": result.success, "flipped": peak[0] > FLIP})

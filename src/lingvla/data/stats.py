@@ -158,11 +158,11 @@ def compute_norm_stats(datasets, embodiment, *, registry=None, num_bins: int = D
     kept_bytes = 0
 
     def batches():
-        for source, kept in zip(sources, selections):
+        for source, selection in zip(sources, selections):
             emb.validate(source)
             for path, columns in source.iter_data_files(emb.columns()):
-                if kept is not None:
-                    rows = np.isin(columns["episode_index"].reshape(-1), list(kept))
+                if selection is not None:
+                    rows = np.isin(columns["episode_index"].reshape(-1), list(selection))
                     columns = {k: v[rows] for k, v in columns.items()}
                 batch = {}
                 for key in ("state", "action"):

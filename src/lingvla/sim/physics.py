@@ -31,9 +31,9 @@ WELD_TORQUESCALE = 10.0
 # singularity (wrist angle ~0) the weld can turn forearm roll and wrist rotate half a turn in
 # opposite directions - the same gripper pose on another joint-space branch. Without the limit,
 # 43 of 400 scripted transfer-cube demonstrations took that branch, depending on which side of
-# the arm the cube lay, and a policy trained on them failed mostly there (docs/recipes.md). No
-# demonstration without such a flip goes past 1.04 rad, so below the limit the demonstrations are
-# unchanged (the constraint is inactive).
+# the arm the cube lay, and a policy trained on them failed mostly there (docs/recipes.md). A
+# demonstration that stays within the limit is unchanged (the constraint is inactive there); without
+# a flip, none of those 400 went past 1.04 rad.
 MOCAP_FOREARM_ROLL_LIMIT = 1.0
 
 

@@ -102,7 +102,9 @@ class TrainConfig:
                              "expected auto, bf16 or fp32")
         if self.parallel.attn_backend not in ("auto", "sdpa", "flex"):
             raise ValueError(f"parallel.attn_backend={self.parallel.attn_backend!r}")
-        known = {"path", "embodiment", "weight", "episode_frames", "episodes", "exclude_episodes"}
+        from lingvla.data.mixture import SPEC_KEYS  # the loader's keys, with "path" for its "root"
+
+        known = set(SPEC_KEYS) - {"root"} | {"path"}
         for spec in self.data.datasets:
             if not isinstance(spec, dict) or "path" not in spec or set(spec) - known:
                 raise ValueError(f"data.datasets entry {spec!r}: expected a dict with 'path' and optional keys "
