@@ -127,3 +127,25 @@ def test_bench_data_smoke(capsys):
     metrics = {x["metric"]: x for x in lines}
     assert metrics["loader_samples_per_s"]["value"] > 0
     assert metrics["stats_seconds_per_million_frames"]["extrapolated"] is True
+
+
+def test_preload_names_a_bad_video_or_skips_its_episode(base):
+    """preload_images meets a corrupt or short video at start: an error naming the file and episode,
+    or with on_bad_sample="skip" that episode's samples are skipped and the others served."""
+    root, stats = _copy(base, "preload")
+    _video(root, 2).write_bytes(b"\x00not an mp4 at all" * 100)
+    encoder = VideoEncoder(_video(root, 0), 50, 32, 32)
+    encoder.write(smooth_frames(8, 32, 32))
+    encoder.close()
+    with pytest.raises(VideoDecodeError, match=r"video may be shorter than the episode.*episode_000000.mp4, "
+                                               r"episode 0, frame 8"):
+        RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True)
+    ds = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True,
+                      on_bad_sample="skip")
+    decoded = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5)
+    np.testing.assert_array_equal(ds[25]["images"].numpy(), decoded[25]["images"].numpy())
+    assert ds[3]["_skipped"] and ds.skipped == 17  # episode 0's frames 3..19, then episode 1's first
+    np.testing.assert_array_equal(ds[3]["state"].numpy(), decoded[20]["state"].numpy())
+    with pytest.raises(VideoDecodeError, match="cannot open video"):
+        RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True,
+                     exclude_episodes=[0])

@@ -222,3 +222,23 @@ def test_episode_frames_window(data):
         RobotDataset(data["aloha"], "aloha", episode_frames=[10, 5])
     with pytest.raises(ValueError, match="selects no frame"):
         RobotDataset(data["aloha"], "aloha", episode_frames=[100, None])
+
+
+def test_preloaded_images_equal_decoded_ones(data):
+    """preload_images decodes each episode once into memory; every sample (whole dataset, a window
+    of a selected episode, two cameras of another embodiment) equals the per-sample decode."""
+    cases = [(data["aloha"], "aloha", {}), (data["aloha"], "aloha", {"episodes": [1], "episode_frames": [5, 45]}),
+             (data["franka"], "franka_pair", {})]
+    for root, emb, select in cases:
+        kw = dict(chunk_size=10, image_size=32, action_dim=32, norm_stats=data["stats"],
+                  registry=data["registry"], **select)
+        decoded, held = RobotDataset(root, emb, **kw), RobotDataset(root, emb, preload_images=True, **kw)
+        assert len(held) == len(decoded)
+        for i in range(len(held)):
+            a, b = held[i], decoded[i]
+            assert a["prompt"] == b["prompt"]
+            for key in ("images", "image_mask", "state", "actions", "action_is_pad"):
+                np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=f"{root.name} {i} {key}")
+    loader = make_dataloader([data["aloha"]], batch_size=4, norm_stats=data["stats"], chunk_size=10,
+                             image_size=32, preload_images=True)
+    assert next(iter(loader))["images"].shape == (4, 3, 3, 32, 32)

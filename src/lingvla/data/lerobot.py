@@ -405,6 +405,23 @@ class LeRobotDataset:
             return self.video_frame(key, ep, frame, size=size)
         return self.image_frame(key, ep, frame, size=size)
 
+    def episode_camera_frames(self, key: str, ep: int, *, size: int | None = None) -> np.ndarray:
+        """Every frame of one camera in one episode, [length, H, W, 3] uint8: one sequential decode
+        of a video (not a seek per frame), or each stored image."""
+        length = self.episodes[ep].length
+        if self.features[key]["dtype"] != "video":
+            return np.stack([self.image_frame(key, ep, f, size=size) for f in range(length)])
+        from lingvla.data.video import VideoFrameReader
+
+        if self._video is None:
+            self._video = VideoFrameReader(max_open=self.video_cache_size)
+        path, offset = self.episodes[ep].videos[key]
+        columns, first = self.episode_rows(ep)
+        times = columns["timestamp"][first:first + length, 0].astype(np.float64) if "timestamp" in columns \
+            else np.arange(length) / self.fps
+        return self._video.frames(path, offset + times, 0.5 / self.fps, size=size,
+                                  episode=self.episodes[ep].index)
+
     def frame(self, position: int, *, decode_images: bool = True, size: int | None = None) -> dict:
         """Every feature of one frame (numeric: [*shape] arrays; cameras: [H, W, 3] uint8) + task."""
         ep, f = self.locate(position)

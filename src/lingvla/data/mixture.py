@@ -276,7 +276,7 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                     normalization_mode: str = "quantile", min_scale: float | None = None,
                     clip: float | None = None, embodiment_paths=None, pin_memory: bool = False,
                     prefetch_factor: int = 2, depth: bool = False,
-                    depth_cache: str | None = None) -> ResumableLoader:
+                    depth_cache: str | None = None, preload_images: bool = False) -> ResumableLoader:
     """A resumable loader of training batches over a weighted mixture of datasets.
 
     datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
@@ -289,6 +289,7 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     start_state: a ``loader.state_dict()`` saved earlier; the loader continues from it.
     depth / depth_cache: batches also hold "depth" [B, C, S, S] metres / "depth_targets" [B, C, N, Dt]
         from each dataset's depth_cache/<depth_cache> (see RobotDataset).
+    preload_images: decode every dataset's frames into memory once (RobotDataset).
     """
     from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
     from lingvla.data.normalize import DEFAULT_MIN_SCALE
@@ -311,7 +312,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                             min_scale=DEFAULT_MIN_SCALE if min_scale is None else min_scale, clip=clip,
                             registry=registry, on_bad_sample=on_bad_sample, depth=depth,
                             depth_cache=depth_cache, episode_frames=s.get("episode_frames"),
-                            episodes=s.get("episodes"), exclude_episodes=s.get("exclude_episodes"))
+                            episodes=s.get("episodes"), exclude_episodes=s.get("exclude_episodes"),
+                            preload_images=preload_images)
                for s in specs]
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):

@@ -218,6 +218,63 @@ class VideoFrameReader:
         return image
 
 
+    def frames(self, path: str | Path, timestamps: np.ndarray, tolerance_s: float, *,
+               size: int | None = None, episode: int | None = None) -> np.ndarray:
+        """The frames nearest each of ``timestamps`` (ascending seconds) as [N, H, W, 3] uint8,
+        decoded in one pass from a single seek: an episode costs one decode of its frames instead
+        of one seek per frame. Errors as ``frame``, naming the first frame that has no match."""
+        import av
+
+        path = str(path)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        where = dict(path=path, episode=episode, frame=0)
+        container = self._container(path, where)
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        out: list[np.ndarray | None] = [None] * len(timestamps)
+        best_dt = np.full(len(timestamps), math.inf)
+        best: list = [None] * len(timestamps)
+        i = 0
+        try:
+            container.seek(max(0, int(round(timestamps[0] / tb))), stream=stream, backward=True,
+                           any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts * tb)
+                j = i  # this frame may be the nearest for requests i.. within tolerance ahead of it
+                while j < len(timestamps) and timestamps[j] <= t + tolerance_s:
+                    dt = abs(t - timestamps[j])
+                    if dt < best_dt[j]:
+                        best_dt[j], best[j] = dt, frame
+                    j += 1
+                while i < len(timestamps) and t >= timestamps[i] - 1e-9:  # later frames are farther
+                    if best[i] is not None and best_dt[i] <= tolerance_s:
+                        out[i] = _frame_to_square(best[i], size, self._reformatter)
+                    best[i] = None
+                    i += 1
+                if i == len(timestamps):
+                    break
+            for k in range(i, len(timestamps)):  # the video ended: take what was nearest
+                if best[k] is not None and best_dt[k] <= tolerance_s:
+                    out[k] = _frame_to_square(best[k], size, self._reformatter)
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            self._evict(path)
+            raise VideoDecodeError(f"corrupt video, decoding from t={timestamps[0]:.4f}s failed "
+                                   f"({type(e).__name__}: {e})", **where) from e
+        missing = [k for k, image in enumerate(out) if image is None]
+        if missing:
+            k = missing[0]
+            raise VideoDecodeError(f"no video frame within {tolerance_s:.4f}s of t={timestamps[k]:.4f}s "
+                                   f"({len(missing)} of {len(out)} frames unmatched; the video may be "
+                                   "shorter than the episode)", path=path, episode=episode, frame=k)
+        return np.stack(out)
+
+
 def video_info(path: str | Path) -> dict:
     """The ``info`` block LeRobot stores for a video feature in meta/info.json."""
     import av

@@ -329,7 +329,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
         on_bad_sample=config.data.on_bad_sample, normalization_mode=config.data.normalization,
         embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda",
         depth=teacher is not None and config.data.depth_teacher == "sim-depth",
-        depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None)
+        depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None,
+        preload_images=config.data.preload_images)
 
     ckpt_root = out_dir / "checkpoints"
     start_step = 0
