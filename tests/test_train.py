@@ -157,11 +157,14 @@ def list_complete(out):
 
 
 def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
-    # With an EMA of the weights (kept shard by shard under FSDP), exported by both.
-    single = run_cli(overrides(dataset, tmp_path / "one", steps=4, save_every=100, ema_decay=0.6))
+    # With an EMA of the weights (kept shard by shard under FSDP), exported by both, and state
+    # dropout (each rank takes its rows of the global draw, so the ranks do not repeat one pattern).
+    dropout = {"model.state_dropout": 0.5}
+    single = run_cli(overrides(dataset, tmp_path / "one", steps=4, save_every=100, ema_decay=0.6, **dropout))
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "lingvla.cli", "train", *overrides(dataset, tmp_path / "two", steps=4, save_every=2, ema_decay=0.6),
+           "-m", "lingvla.cli", "train", *overrides(dataset, tmp_path / "two", steps=4, save_every=2, ema_decay=0.6,
+                                                    **dropout),
            "--no-progress"]
     double = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
@@ -199,12 +202,14 @@ def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
         export_checkpoint(tmp_path / "two", step=3)
 
 
-def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path):
-    args = overrides(dataset, tmp_path / "ref", steps=8, save_every=3)
+@pytest.mark.parametrize("state_dropout", [0.0, 0.5])
+def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path, state_dropout):
+    """Bit-exact resume, with state dropout too: its draws come from the per-step generator."""
+    args = overrides(dataset, tmp_path / "ref", steps=8, save_every=3, **{"model.state_dropout": state_dropout})
     ref = run_cli(args)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    args = overrides(dataset, tmp_path / "killed", steps=8, save_every=3)
+    args = overrides(dataset, tmp_path / "killed", steps=8, save_every=3, **{"model.state_dropout": state_dropout})
     proc = subprocess.Popen([sys.executable, "-m", "lingvla.cli", "train", *args, "--no-progress"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

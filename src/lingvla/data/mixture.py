@@ -221,8 +221,12 @@ class ResumableLoader:
         self.skip_reasons: list[str] = []
 
     def __iter__(self):
+        # A generator of its own: the DataLoader draws a seed for its workers when an iterator is
+        # made, which would otherwise advance the global RNG (and so depend on when it happens).
+        generator = torch.Generator().manual_seed(self.sampler.seed * 7_919 + self.position)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=_Batches(self.sampler, self.batch_size, self.position),
+            generator=generator,
             num_workers=self.num_workers, collate_fn=collate_with_report, pin_memory=self.pin_memory,
             worker_init_fn=_worker_init if self.num_workers else None,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,

@@ -315,14 +315,18 @@ class LingVLA(nn.Module):
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict, noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+                generator: torch.Generator | None = None,
+                state_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The training forward is the loss (so FSDP's root hooks wrap it): see compute_loss."""
-        return self.compute_loss(batch, noise=noise, t=t, generator=generator)
+        return self.compute_loss(batch, noise=noise, t=t, generator=generator, state_keep=state_keep)
 
     def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
-                     t: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Flow-matching loss averaged over the robot's real dims and real (non-pad) steps."""
+                     t: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     state_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Flow-matching loss averaged over the robot's real dims and real (non-pad) steps.
+
+        noise, t and state_keep (bool [B]: False zeroes that sample's state, with state_dropout
+        on) are drawn from `generator` when not given; the trainer gives them, drawn per step."""
         inputs = self.prepare(batch, train=True)
         actions = inputs["actions"]
         b = actions.shape[0]
@@ -338,8 +342,9 @@ class LingVLA(nn.Module):
                                    inputs["token_mask"])
         state = inputs["state"]
         if self.training and self.config.state_dropout > 0:
-            keep = torch.rand(b, generator=generator, device=self.device) >= self.config.state_dropout
-            state = state * keep[:, None].to(state.dtype)
+            keep = state_keep if state_keep is not None else \
+                torch.rand(b, generator=generator, device=self.device) >= self.config.state_dropout
+            state = state * keep.to(self.device)[:, None].to(state.dtype)
         suffix, cond = self.embed_suffix(state, x_t, t, inputs["action_dim_mask"])
         prefix_out, suffix_out = self.forward_joint(prefix, suffix, cond)
         pred = self.velocity_from_suffix(suffix_out)

@@ -121,7 +121,10 @@ def real_entries(batch: dict) -> int:
 
 
 def step_noise(config: TrainConfig, step: int, micro: int, rows: slice | range, generator_shape):
-    """Noise [b, T, D] and times [b] of this rank's rows of one global micro-batch."""
+    """Noise [b, T, D], times [b] and the state-dropout keep mask [b] (all True without dropout) of
+    this rank's rows of one global micro-batch: every random draw of a training step comes from a
+    generator keyed by (seed, step, micro-batch), so a resumed run and any number of processes
+    draw what one uninterrupted process draws."""
     from lingvla.model import flow
 
     global_batch, chunk, dim = generator_shape
@@ -129,8 +132,9 @@ def step_noise(config: TrainConfig, step: int, micro: int, rows: slice | range, 
     noise = torch.randn(global_batch, chunk, dim, generator=g)
     m = config.model
     t = flow.sample_time(global_batch, m.time_sampling, g, m.time_beta_alpha, m.time_beta_beta)
+    keep = torch.rand(global_batch, generator=g) >= m.state_dropout
     idx = torch.as_tensor(list(rows))
-    return noise[idx], t[idx]
+    return noise[idx], t[idx], keep[idx]
 
 
 class MetricsWriter:
@@ -380,7 +384,7 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
             weighted_loss = torch.zeros((), dtype=torch.float64)
             weighted_depth = torch.zeros((), dtype=torch.float64)
             for micro, batch in enumerate(micro_batches):
-                noise, t = step_noise(config, step, micro, rows, shape)
+                noise, t, state_keep = step_noise(config, step, micro, rows, shape)
                 sync()
                 t1 = time.perf_counter()
                 if teacher is not None:  # online targets, outside autocast and the graph
@@ -388,7 +392,8 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
                     with torch.no_grad():
                         batch["depth_targets"] = teacher(source.to(device, non_blocking=True))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, info = model(batch, noise=noise.to(device), t=t.to(device))
+                    loss, info = model(batch, noise=noise.to(device), t=t.to(device),
+                                       state_keep=state_keep.to(device))
                 share = real_entries(batch) / total
                 if depth_on:
                     weighted_depth += info["depth_loss"].double().cpu() * share
