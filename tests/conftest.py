@@ -28,7 +28,7 @@ def model():
     return tiny_model()
 
 
-def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodiment="aloha"):
+def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodiment="aloha", num_cameras=3):
     """An inference directory exactly as training exports it, with a random tiny model and
     made-up (but valid) normalization stats."""
     import numpy as np
@@ -36,7 +36,7 @@ def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodime
     from lingvla.data.embodiments import get_embodiment
     from lingvla.train.checkpoint import export_inference
 
-    model = tiny_model(seed, image_size=image_size)
+    model = tiny_model(seed, image_size=image_size, num_cameras=num_cameras)
     emb = get_embodiment(embodiment)
     rng = np.random.default_rng(seed)
 

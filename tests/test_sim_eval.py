@@ -192,8 +192,36 @@ def test_a_checkpoint_without_the_sim_cameras_is_refused(tmp_path, no_rollouts):
                            "right_wrist": "observation.images.cam_right_wrist"}
 
     _edit_embodiment(ckpt, other_cameras)
-    with pytest.raises(CheckpointMismatchError, match=r"simulator camera\(s\) \['top'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"slot\(s\) \['head'\] map to no simulator camera"):
         evaluate(ckpt, "insertion", 1, seed=SEED, progress=False)
+
+
+def test_a_top_camera_policy_gets_only_the_top_camera(tmp_path, monkeypatch):
+    """A policy trained on the top camera alone is evaluated with only that camera rendered and
+    sent (its videos show it alone); a three-camera policy gets all three."""
+    monkeypatch.chdir(tmp_path)
+    from lingvla.inference import Policy
+
+    ckpt = make_tiny_checkpoint(tmp_path / "top", image_size=SIZE, num_cameras=1)
+    assert evaluate_module.policy_cameras(Policy.from_checkpoint(ckpt)) == ("top",)
+    three = make_tiny_checkpoint(tmp_path / "three", image_size=SIZE)
+    assert evaluate_module.policy_cameras(Policy.from_checkpoint(three)) == ("top", "left_wrist", "right_wrist")
+    seen = []
+    real = Policy.infer
+
+    def infer(self, obs, **kwargs):
+        seen.append(sorted(obs["images"]))
+        return real(self, obs, **kwargs)
+
+    monkeypatch.setattr(Policy, "infer", infer)
+    report = evaluate(ckpt, "transfer_cube", 1, seed=SEED, max_steps=12, actions_per_chunk=10,
+                      out=tmp_path / "r", videos=1, progress=False)
+    assert len(report.episodes) == 1 and seen and all(names == ["top"] for names in seen)
+    import av
+
+    with av.open(str(tmp_path / "r" / report.episodes[0].video)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert frame.shape[0] == frame.shape[1]  # one camera, not three side by side
 
 
 def test_an_image_size_other_than_the_training_images_is_refused(tmp_path, no_rollouts):

@@ -83,12 +83,19 @@ class EvalReport:
     def progress(self) -> float:
         return float(np.mean([e.progress for e in self.episodes])) if self.episodes else 0.0
 
+    @property
+    def success_interval(self) -> tuple[float, float]:
+        """The success rate's 95% Wilson score interval."""
+        return wilson_interval(sum(e.success for e in self.episodes), len(self.episodes))
+
     def summary(self) -> dict:
         """The one JSON line `lingvla eval-sim` prints."""
         firsts = [e.first_success_step for e in self.episodes if e.success]
         return {
             "task": self.task, "checkpoint": self.checkpoint,
-            "success_rate": round(self.success_rate, 4), "progress": round(self.progress, 4),
+            "success_rate": round(self.success_rate, 4),
+            "success_ci95": [round(v, 4) for v in self.success_interval],
+            "progress": round(self.progress, 4),
             "successes": sum(e.success for e in self.episodes), "episodes": len(self.episodes),
             "seed": self.seed, "actions_per_chunk": self.actions_per_chunk,
             "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
@@ -100,6 +107,16 @@ class EvalReport:
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
         }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for the default z); (0, 1) for no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -121,16 +138,7 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
             raise CheckpointMismatchError(
                 f"{where} has action_dim={embodiment.action_dim}, state_dim={embodiment.state_dim}; the "
                 f"ALOHA {task} task needs 14 (per arm 6 joints + gripper)")
-        names = getattr(policy, "camera_names", {})
-        missing = [cam for cam in CAMERAS if cam not in names]
-        if missing:
-            raise CheckpointMismatchError(
-                f"{where} maps no model camera slot to the simulator camera(s) {missing}; it takes "
-                f"{sorted(names)} (the task renders {list(CAMERAS)})")
-        slots = [names[cam] for cam in CAMERAS]
-        if len(set(slots)) != len(slots):
-            raise CheckpointMismatchError(f"{where} maps several simulator cameras to one slot: "
-                                          f"{dict(zip(CAMERAS, slots))}")
+        policy_cameras(policy)
         chunk = policy.config.chunk_size
     if actions_per_chunk is None:
         if chunk is None:
@@ -152,6 +160,29 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
                              f"(chunk {chunk} - actions_per_chunk {actions_per_chunk}) must be >= 1 and >= "
                              f"rtc_delay ({rtc_delay})")
     return actions_per_chunk
+
+
+def policy_cameras(policy) -> tuple[str, ...]:
+    """The simulator cameras a policy takes, in the task's order: those its checkpoint maps to a
+    camera slot (a policy trained on the top camera alone gets only that one rendered). Every slot
+    must be filled - a slot left black would be a silent input change - and no two cameras may
+    share one. Objects that are not a lingvla Policy get every camera."""
+    names = getattr(policy, "camera_names", None)
+    if names is None or getattr(policy, "embodiment", None) is None:
+        return tuple(CAMERAS)
+    where = f"checkpoint embodiment {policy.embodiment.name!r}"
+    cameras = tuple(cam for cam in CAMERAS if cam in names)
+    slots = [names[cam] for cam in cameras]
+    if len(set(slots)) != len(slots):
+        raise CheckpointMismatchError(f"{where} maps several simulator cameras to one slot: "
+                                      f"{dict(zip(cameras, slots))}")
+    empty = sorted(set(range(len(policy.slots))) - set(slots))
+    if empty:
+        raise CheckpointMismatchError(
+            f"{where}: camera slot(s) {[policy.slots[i] for i in empty]} map to no simulator camera; "
+            f"it takes {sorted(names)}, the task renders {list(CAMERAS)} (unused: "
+            f"{[cam for cam in CAMERAS if cam not in names]})")
+    return cameras
 
 
 def training_image_size(checkpoint: str | Path | None) -> int | None:
@@ -329,7 +360,7 @@ _worker: dict = {}
 
 
 def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, threads: int,
-                 num_steps: int | None) -> None:
+                 num_steps: int | None, cameras: Sequence[str] = CAMERAS) -> None:
     import torch
 
     from lingvla.inference import Policy
@@ -338,7 +369,7 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
 
     torch.set_num_threads(threads)
     _worker["policy"] = Policy.from_checkpoint(checkpoint, num_steps=num_steps)
-    _worker["env"] = make_env(task, image_size=image_size, max_steps=max_steps)
+    _worker["env"] = make_env(task, image_size=image_size, max_steps=max_steps, cameras=cameras)
 
 
 def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | None,
@@ -412,11 +443,12 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
                         out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
                         num_steps=getattr(policy, "num_steps", None), rtc=rtc_config, rtc_delay=rtc_delay)
-    with torch_threads(threads), _env(task, image_size, max_steps) as env:
+    cameras = policy_cameras(policy)
+    with torch_threads(threads), _env(task, image_size, max_steps, cameras) as env:
         preflight(policy, env, seeds[0])
         if out_dir is not None:
             (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-        _rollouts(report, policy, env, seeds, out_dir, videos, workers, threads, progress)
+        _rollouts(report, policy, env, seeds, out_dir, videos, workers, threads, progress, cameras)
     report.wall_s = time.perf_counter() - start
     if out_dir is not None:
         write_report(report, out_dir)
@@ -436,10 +468,10 @@ def torch_threads(count: int):
 
 
 @contextlib.contextmanager
-def _env(task: str, image_size: int, max_steps: int):
+def _env(task: str, image_size: int, max_steps: int, cameras: Sequence[str] = CAMERAS):
     from .env import make_env
 
-    env = make_env(task, image_size=image_size, max_steps=max_steps)
+    env = make_env(task, image_size=image_size, max_steps=max_steps, cameras=cameras)
     try:
         yield env
     finally:
@@ -461,7 +493,7 @@ def preflight(policy, env, seed: int) -> None:
 
 
 def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path | None, videos: int,
-              workers: int, threads: int, progress: bool) -> None:
+              workers: int, threads: int, progress: bool, cameras: Sequence[str] = CAMERAS) -> None:
     from tqdm import tqdm
 
     wanted = {True: videos, False: videos}
@@ -500,12 +532,13 @@ def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path |
                     write_video(Path(video), frames)
                 finish(result, video)
         else:
-            _rollouts_in_workers(report, seeds, workers, threads, video_path, finish)
+            _rollouts_in_workers(report, seeds, workers, threads, video_path, finish, cameras)
     finally:
         bar.close()
 
 
-def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path, finish) -> None:
+def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path, finish,
+                         cameras: Sequence[str] = CAMERAS) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -513,7 +546,7 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker,
                                initargs=(report.checkpoint, report.task, report.image_size,
-                                         report.max_steps, threads, report.num_steps))
+                                         report.max_steps, threads, report.num_steps, tuple(cameras)))
     pending: deque = deque()
     try:
         for index, s in enumerate(seeds):
