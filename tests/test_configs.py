@@ -1,5 +1,5 @@
 """The shipped recipes in configs/ load and validate, and the demo's built-in recipe is still the
-transfer-cube recipe (the package cannot read configs/, so sim/demo.py restates it)."""
+demo config (the package cannot read configs/, so sim/demo.py restates it)."""
 
 from __future__ import annotations
 
@@ -30,17 +30,20 @@ def test_recipe_loads_and_validates(path):
     assert "lingvla train configs/" + path.name in path.read_text()  # its header says how to run it
 
 
-def test_demo_recipe_is_the_transfer_cube_recipe():
+def test_demo_recipe_is_the_demo_config():
+    """configs/aloha_transfer_cube_demo.yaml restates what `lingvla demo` trains: the same model,
+    batch, optimizer and data settings, and the frame window the demo derives from its data."""
     from lingvla.sim.demo import DEMO_RECIPE, demo_train_config
 
-    recipe = load_train_config(CONFIGS[[p.stem for p in CONFIGS].index("aloha_transfer_cube")])
+    recipe = load_train_config(CONFIGS[[p.stem for p in CONFIGS].index("aloha_transfer_cube_demo")])
     demo = TrainConfig.from_dict(DEMO_RECIPE)
     assert demo.model == recipe.model
-    for key in ("batch_size", "steps", "optim"):
+    for key in ("batch_size", "optim"):
         assert getattr(demo, key) == getattr(recipe, key), key
-    assert demo.data.normalization == recipe.data.normalization
-    # the same frames: whole episodes of one dataset, as the recipe's (whose two datasets are one
-    # seed range split in two, weighted by their length)
-    demo_data = demo_train_config(Path("d"), Path("t"), 84).data.datasets
-    assert [set(spec) for spec in demo_data] == [{"path", "embodiment"}]
-    assert all(set(spec) == {"path", "embodiment", "weight"} for spec in recipe.data.datasets)
+    for key in ("normalization", "num_workers", "preload_images"):
+        assert getattr(demo.data, key) == getattr(recipe.data, key), key
+    assert recipe.steps <= demo.steps  # the demo trains up to its recipe's steps, as many as fit
+    window = recipe.data.datasets[0]["episode_frames"]
+    demo_data = demo_train_config(Path("d"), Path("t"), 112, window_stop=window[1]).data.datasets
+    assert [{k: v for k, v in spec.items() if k != "path"} for spec in demo_data] == \
+        [{k: v for k, v in spec.items() if k not in ("path", "weight")} for spec in recipe.data.datasets]

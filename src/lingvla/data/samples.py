@@ -137,8 +137,9 @@ class RobotDataset(torch.utils.data.Dataset):
         images = [None if key is None else np.zeros((rows_needed, 3, self.image_size, self.image_size), np.uint8)
                   for key in self.camera_keys]
         errors, at = {}, 0
+        # disable=None: a bar on a terminal only, never in logs
         for ep in tqdm(episodes, desc=f"decoding {src.root.name} into memory", unit="episode",
-                       disable=len(episodes) < 2, leave=False):
+                       disable=None if len(episodes) > 1 else True, leave=False):
             length, start = src.episodes[ep].length, src.episode_start(ep)
             try:
                 for slot, key in enumerate(self.camera_keys):

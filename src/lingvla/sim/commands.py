@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .seeds import EVAL_SEED_START
+from .tasks import CAMERAS
 
 TASK_NAMES = ("transfer_cube", "insertion")
 
@@ -19,6 +20,8 @@ def add_commands(commands, bench) -> None:
     gen.add_argument("--episodes", type=int, default=50, help="successful episodes to write")
     gen.add_argument("--out", required=True, help="dataset directory")
     gen.add_argument("--image-size", type=int, default=96, help="square camera images, pixels")
+    gen.add_argument("--cameras", nargs="+", choices=list(CAMERAS), default=list(CAMERAS),
+                     help="cameras to render and store (default: all three)")
     gen.add_argument("--seed-start", type=int, default=0,
                      help="first seed tried (demonstration seeds are below 100000)")
     gen.add_argument("--workers", type=int, default=2, help="processes generating episodes")
@@ -81,11 +84,18 @@ def add_commands(commands, bench) -> None:
     demo.add_argument("--out", default="runs/demo", help="output directory (data/, train/, eval/, report.md)")
     demo.add_argument("--minutes", type=float, default=30.0,
                       help="time budget for the whole run; training gets what the other stages leave")
+    demo.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
     demo.add_argument("--episodes", type=int, default=None, help="demonstrations (default 50)")
-    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default 20)")
+    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default 100)")
+    demo.add_argument("--seed", type=int, default=None,
+                      help="first evaluation seed (default 100000; seeds from 100000 on are never "
+                           "used for demonstrations)")
+    demo.add_argument("--train-seed", type=int, default=0,
+                      help="training seed: initialisation, sample order and flow noise")
     demo.add_argument("--image-size", type=int, default=None,
-                      help="camera and model image size, a multiple of 28 (default 84)")
-    demo.add_argument("--workers", type=int, default=2, help="processes generating demonstrations")
+                      help="camera and model image size, a multiple of 28 (default 112)")
+    demo.add_argument("--workers", type=int, default=2,
+                      help="processes generating demonstrations and running evaluation episodes")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo's --out")
     demo.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                       help="training config overrides, e.g. steps=500 optim.lr=1e-4")
@@ -107,8 +117,8 @@ def _gen_demos(args: argparse.Namespace) -> int:
 
     try:
         report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
-                                  image_size=args.image_size, workers=args.workers,
-                                  overwrite=args.overwrite, progress=not args.no_progress,
+                                  image_size=args.image_size, cameras=tuple(args.cameras),
+                                  workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
                                   depth=args.depth, depth_size=args.depth_size, noise=args.noise,
                                   noise_phases=args.noise_phases)
     except (FileExistsError, ValueError) as err:  # bad settings, evaluation seeds, existing output
@@ -122,18 +132,23 @@ def _demo(args: argparse.Namespace) -> int:
     import sys
 
     from .demo import DEMO_EPISODES, DEMO_EVAL_EPISODES, run_demo
+    from .seeds import EVAL_SEED_START
 
     try:
-        result = run_demo(args.out, args.minutes, episodes=args.episodes or DEMO_EPISODES,
+        result = run_demo(args.out, args.minutes, task=args.task, episodes=args.episodes or DEMO_EPISODES,
                           eval_episodes=args.eval_episodes or DEMO_EVAL_EPISODES,
+                          eval_seed=EVAL_SEED_START if args.seed is None else args.seed,
+                          seed=args.train_seed,
                           image_size=args.image_size, train_overrides=args.set, workers=args.workers,
                           overwrite=args.overwrite, progress=not args.no_progress)
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     print(result.to_json(), flush=True)
-    print(f"success rate {result.success_rate:.0%} on {result.task} ({result.eval_episodes} episodes) "
-          f"in {result.wall_s / 60:.1f} min; report: {result.report}", flush=True)
+    lo, hi = result.success_ci95
+    print(f"success rate {result.success_rate:.1%} (95% interval {lo:.1%}-{hi:.1%}) on {result.task}, "
+          f"{result.eval_episodes} episodes, in {result.wall_s / 60:.1f} min; report: {result.report}",
+          flush=True)
     return 0
 
 
