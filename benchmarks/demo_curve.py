@@ -10,6 +10,9 @@ Writes curve.png and curve.jsonl into --out.
     python benchmarks/demo_curve.py --data runs/demo/data --out runs/curve --steps 8000 \\
         --save-every 1000 --episodes 50 --seed 300000 [--set optim.lr=1e-3 ...]
 
+or, without training, over the checkpoints a run already kept (e.g. `lingvla demo --set
+keep_last=100`): python benchmarks/demo_curve.py --run runs/demo/train --out runs/curve ...
+
 A checkpoint in the middle of a cosine schedule was taken at a higher learning rate than a run of
 that length ends with: it shows when a policy starts to work, and tends to understate what a run
 that stops there reaches.
@@ -69,7 +72,8 @@ def main() -> None:
     from lingvla.train.loop import export_checkpoint, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="demonstration dataset")
+    parser.add_argument("--data", help="demonstration dataset to train on")
+    parser.add_argument("--run", help="a finished training directory: evaluate its checkpoints, no training")
     parser.add_argument("--out", required=True, help="run directory (train/ + evaluations)")
     parser.add_argument("--task", default=DEMO_TASK)
     parser.add_argument("--steps", type=int, default=8000)
@@ -85,16 +89,29 @@ def main() -> None:
     from lingvla.sim.demo import DEMO_RECIPE
 
     out = Path(args.out)
-    config = demo_train_config(Path(args.data), out / "train", args.image_size or DEMO_RECIPE["model"]["image_size"],
-                               [f"steps={args.steps}", f"save_every={args.save_every}", "keep_last=1000",
-                                *args.set], window_stop=window_stop_from_dataset(args.data),
-                               seed=args.train_seed)
-    summary = train(config)
-    metrics = out / "train" / "metrics.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    if (args.data is None) == (args.run is None):
+        parser.error("give --data (train, then evaluate) or --run (evaluate a run's checkpoints)")
+    if args.run is not None:
+        from lingvla.train.checkpoint import list_checkpoints
+        from lingvla.train.config import load_train_config
+
+        run = Path(args.run)
+        config = load_train_config(str(run / "train_config.yaml"))
+        steps = [step for step, _ in list_checkpoints(run / "checkpoints")]
+    else:
+        run = out / "train"
+        config = demo_train_config(Path(args.data), run, args.image_size or DEMO_RECIPE["model"]["image_size"],
+                                   [f"steps={args.steps}", f"save_every={args.save_every}", "keep_last=1000",
+                                    *args.set], window_stop=window_stop_from_dataset(args.data),
+                                   seed=args.train_seed)
+        train(config)
+        steps = sorted({*range(args.save_every, args.steps + 1, args.save_every), args.steps})
+    metrics = run / "metrics.jsonl"
     minutes = training_minutes(metrics)
     rows = []
-    for step in sorted({*range(args.save_every, args.steps + 1, args.save_every), args.steps}):
-        export = export_checkpoint(out / "train", step)
+    for step in steps:
+        export = export_checkpoint(run, step)
         report = evaluate(export, args.task, args.episodes, seed=args.seed, workers=args.workers,
                           out=out / f"eval_step_{step:08d}", videos=0, progress=False)
         row = {"step": step, "train_minutes": round(minutes[step], 2),
@@ -107,8 +124,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     (out / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     window = config.data.datasets[0].get("episode_frames")
-    plot(rows, out / "curve.png", f"{args.task}: demo recipe, batch {config.batch_size}, frames {window}, "
-                                  f"{summary['steps']} steps; {args.episodes} episodes per point")
+    plot(rows, out / "curve.png", f"{args.task}: batch {config.batch_size}, frames {window}, "
+                                  f"{config.steps} steps; {args.episodes} episodes per point")
 
 
 if __name__ == "__main__":
