@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="run directory (train/ + evaluations)")
     parser.add_argument("--task", default=DEMO_TASK)
     parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--save-every", type=int, default=1000)
+    parser.add_argument("--save-every", type=int, default=1000,
+                        help="checkpoint interval (with --run: evaluate the kept checkpoints at multiples of it)")
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per checkpoint")
     parser.add_argument("--seed", type=int, default=300_000, help="first evaluation seed")
     parser.add_argument("--train-seed", type=int, default=0)
@@ -98,7 +99,8 @@ def main() -> None:
 
         run = Path(args.run)
         config = load_train_config(str(run / "train_config.yaml"))
-        steps = [step for step, _ in list_checkpoints(run / "checkpoints")]
+        kept = [step for step, _ in list_checkpoints(run / "checkpoints")]
+        steps = [step for step in kept if step % args.save_every == 0 or step == max(kept)]
     else:
         run = out / "train"
         config = demo_train_config(Path(args.data), run, args.image_size or DEMO_RECIPE["model"]["image_size"],
