@@ -291,3 +291,20 @@ def test_compiled_layers_match_eager(dataset, tmp_path):
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
+
+
+def test_deadline_replans_the_step_count(dataset, tmp_path, monkeypatch):
+    """With a deadline the trainer re-plans its step count at its own pace: a far deadline grows
+    the run up to max_steps, a near one ends it at the next re-plan; the export says how many."""
+    import lingvla.train.loop as loop
+
+    monkeypatch.setattr(loop, "REPLAN_EVERY", 2)
+    far = load_train_config(None, overrides(dataset, tmp_path / "far", steps=4, save_every=100))
+    summary = train(far, progress=False, deadline=time.perf_counter() + 3600, max_steps=9)
+    assert summary["steps"] == 9 and sorted(losses(tmp_path / "far")) == list(range(1, 10))
+    assert list_complete(tmp_path / "far") == [9]
+    near = load_train_config(None, overrides(dataset, tmp_path / "near", steps=8, save_every=100))
+    summary = train(near, progress=False, deadline=time.perf_counter(), max_steps=8)
+    assert summary["steps"] == 3 and sorted(losses(tmp_path / "near")) == [1, 2, 3]
+    info = json.loads((tmp_path / "near" / "export" / "train_info.json").read_text())
+    assert info["train_config"]["steps"] == 3

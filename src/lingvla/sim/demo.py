@@ -7,7 +7,8 @@ Each stage calls the same function its own command does (`generate_dataset` = ge
 lingvla train, `evaluate` = eval-sim). The whole run fits a time budget (`minutes`, default 30):
 training takes what the demonstrations and the evaluation leave, measured on this machine - a few
 warm-up steps are timed, then training resumes from them with the step count that fits (the
-learning-rate warm-up covers the timed steps, so the schedule is the same as one run's).
+learning-rate warm-up covers the timed steps, so the schedule is the same as one run's), and the
+trainer re-plans that count every few hundred steps at the pace it sees (`train(deadline=...)`).
 
 Where the time goes on a CPU, and what the recipe does about it:
 - every frame is decoded once into memory (`data.preload_images`), so no loader process decodes
@@ -55,7 +56,8 @@ DEMO_RECIPE: dict = {
     "tensorboard": False,
 }
 TIMED_STEPS = 60         # warm-up steps timed to size the run (within the lr warm-up)
-STEP_TIME_MARGIN = 1.10  # a run's mean step was 3-19% slower than its first steps' median (measured)
+STEP_TIME_MARGIN = 1.10  # a run's mean step was 3-19% slower than its first steps' median (measured);
+                         # the trainer then re-plans the step count to the deadline as it goes
 MIN_STEPS = 50
 EVAL_SETUP_S = 30.0      # evaluation: worker start-up, pre-flight, videos
 EVAL_EPISODE_S = 1.0     # per episode and worker (measured ~0.6 s for transfer cube at 112 px)
@@ -215,8 +217,11 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 30.0, *, task: str 
         left = deadline - time.perf_counter() - eval_s - setup_s
         fits = int(left / step_s) if left > 0 else 0
         config.steps = max(min(wanted, fits), min(wanted, MIN_STEPS), timed)
-        log(f"      {step_s:.3f} s/step: {config.steps} steps fit the budget (recipe: up to {wanted})", flush=True)
-    summary = train(config, progress=progress)
+        log(f"      {step_s:.3f} s/step: ~{config.steps} steps fit the budget (recipe: up to {wanted}); "
+            "re-planned as training goes", flush=True)
+    # re-planned every few hundred steps at the pace of the machine, which drifts on shared cores
+    summary = train(config, progress=progress, deadline=deadline - eval_s, max_steps=wanted)
+    config.steps = summary["steps"]
     stage_s["training"] = time.perf_counter() - t
     log(f"      {config.steps} steps, final loss {summary['final_loss']:.4f}, "
         f"{stage_s['training'] / 60:.1f} min", flush=True)

@@ -27,6 +27,9 @@ from lingvla.train.ema import EMA, checkpoint_ema_names
 from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
 
 
+REPLAN_EVERY = 250  # steps between re-plans of a run with a deadline
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -258,9 +261,16 @@ def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distribute
     return path
 
 
-def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict:
+def train(config: TrainConfig, progress: bool = True, save: bool = True,
+          deadline: float | None = None, max_steps: int | None = None) -> dict:
     """Run (or resume) a training run; returns a summary dict. save=False writes no checkpoints
-    and no export (benchmarks: a 4B run's final checkpoint is ~50 GB with its optimizer state)."""
+    and no export (benchmarks: a 4B run's final checkpoint is ~50 GB with its optimizer state).
+
+    deadline (a time.perf_counter() value; one process only): every REPLAN_EVERY steps the step
+    count is set to what fits before it at the wall-clock pace of the last REPLAN_EVERY steps (at
+    most max_steps, default config.steps), so a time budget holds when a shared machine slows
+    down or speeds up; the cosine schedule stretches or shrinks with it. Not for runs that must be
+    reproduced step for step."""
     from tqdm import tqdm
 
     from lingvla.data.mixture import make_dataloader
@@ -353,6 +363,9 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
                       f"weights at step {start_step}", flush=True)
 
     writer = MetricsWriter(out_dir, config.tensorboard) if dist_info.is_main else None
+    if deadline is not None and world > 1:
+        raise ValueError("a training deadline is for one process")
+    max_steps = config.steps if max_steps is None else max_steps
     bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and dist_info.is_main),
                desc="train", dynamic_ncols=True)
     batches = iter(loader)
@@ -372,7 +385,9 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
         save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last, ema=ema)
 
     try:
-        for step in range(start_step, config.steps):
+        step, mark = start_step - 1, (start_step, time.perf_counter())
+        while step + 1 < config.steps:
+            step += 1
             for group in optimizer.param_groups:
                 group["lr"] = o.lr * group["lr_mult"] * lr_factor(step, config)
             t0 = time.perf_counter()
@@ -437,6 +452,12 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True) -> dict
             if save and ((step + 1) % config.save_every == 0 or step + 1 == config.steps):
                 checkpoint(step + 1)
                 last_saved = step + 1
+            if deadline is not None and step + 1 - mark[0] >= REPLAN_EVERY and step + 1 < config.steps:
+                now = time.perf_counter()
+                pace = (now - mark[1]) / (step + 1 - mark[0])
+                config.steps = max(step + 2, min(max_steps, step + 1 + int((deadline - now) / pace)))
+                bar.total = config.steps
+                mark = (step + 1, now)
     finally:
         bar.close()
         if writer is not None:
