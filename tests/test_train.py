@@ -158,8 +158,9 @@ def list_complete(out):
 
 def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
     # With an EMA of the weights (kept shard by shard under FSDP), exported by both, and state
-    # dropout (each rank takes its rows of the global draw, so the ranks do not repeat one pattern).
-    dropout = {"model.state_dropout": 0.5}
+    # dropout and image shifts (each rank takes its rows of the global draw, so the ranks do not
+    # repeat one pattern).
+    dropout = {"model.state_dropout": 0.5, "data.image_shift": 2}
     single = run_cli(overrides(dataset, tmp_path / "one", steps=4, save_every=100, ema_decay=0.6, **dropout))
     assert single.returncode == 0, single.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
@@ -202,14 +203,16 @@ def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
         export_checkpoint(tmp_path / "two", step=3)
 
 
-@pytest.mark.parametrize("state_dropout", [0.0, 0.5])
-def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path, state_dropout):
-    """Bit-exact resume, with state dropout too: its draws come from the per-step generator."""
-    args = overrides(dataset, tmp_path / "ref", steps=8, save_every=3, **{"model.state_dropout": state_dropout})
+@pytest.mark.parametrize("state_dropout,image_shift", [(0.0, 0), (0.5, 2)])
+def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path, state_dropout, image_shift):
+    """Bit-exact resume, with state dropout and image shifts too: their draws come from per-step
+    generators."""
+    extra = {"model.state_dropout": state_dropout, "data.image_shift": image_shift}
+    args = overrides(dataset, tmp_path / "ref", steps=8, save_every=3, **extra)
     ref = run_cli(args)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
-    args = overrides(dataset, tmp_path / "killed", steps=8, save_every=3, **{"model.state_dropout": state_dropout})
+    args = overrides(dataset, tmp_path / "killed", steps=8, save_every=3, **extra)
     proc = subprocess.Popen([sys.executable, "-m", "lingvla.cli", "train", *args, "--no-progress"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -34,6 +34,9 @@ class DataConfig:
     # ALOHA episodes, 3 cameras, 84 px): no per-sample video decoding, so num_workers 0 leaves
     # every core to compute. Refused when it would take over 60% of the available memory.
     preload_images: bool = False
+    # Random-shift augmentation of training images (lingvla/data/augment.py): each image is padded
+    # by this many pixels (edges repeated) and cropped back at a random offset. 0: off.
+    image_shift: int = 0
     on_bad_sample: str = "raise"  # or "skip" (skip-and-count, reported at the end)
     embodiment_paths: list[str] = field(default_factory=list)  # extra user YAML registries
     # Depth distillation (model.depth.enabled): the teacher of the targets. "sim-depth": the datasets'
@@ -113,6 +116,11 @@ class TrainConfig:
             if not isinstance(spec, dict) or "path" not in spec or set(spec) - known:
                 raise ValueError(f"data.datasets entry {spec!r}: expected a dict with 'path' and optional keys "
                                  f"{sorted(known - {'path'})}")
+        if self.data.image_shift < 0:
+            raise ValueError(f"data.image_shift={self.data.image_shift}; expected pixels >= 0 (0: off)")
+        if self.data.image_shift and self.model.depth.enabled:
+            raise ValueError("data.image_shift would move the images away from their depth targets: "
+                             "set it to 0 with model.depth.enabled")
         if self.data.on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"data.on_bad_sample={self.data.on_bad_sample!r}; expected raise or skip")
         if self.data.depth_teacher not in ("sim-depth", "hf-depth"):

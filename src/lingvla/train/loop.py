@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lingvla.data.augment import shift_images, shift_offsets
 from lingvla.train.checkpoint import (export_inference, full_state_dict, list_checkpoints,
                                       load_checkpoint, save_checkpoint)
 from lingvla.train.config import TrainConfig
@@ -400,6 +401,11 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
             weighted_depth = torch.zeros((), dtype=torch.float64)
             for micro, batch in enumerate(micro_batches):
                 noise, t, state_keep = step_noise(config, step, micro, rows, shape)
+                if config.data.image_shift:
+                    pad = config.data.image_shift
+                    offsets = shift_offsets(config.seed, step, micro, rows, micro_global,
+                                            batch["images"].shape[1], pad)
+                    batch["images"] = shift_images(batch["images"], offsets, pad)
                 sync()
                 t1 = time.perf_counter()
                 if teacher is not None:  # online targets, outside autocast and the graph
