@@ -85,7 +85,7 @@ def add_commands(commands, bench) -> None:
     demo.add_argument("--minutes", type=float, default=30.0,
                       help="time budget for the whole run; training gets what the other stages leave")
     demo.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
-    demo.add_argument("--episodes", type=int, default=None, help="demonstrations (default 50)")
+    demo.add_argument("--episodes", type=int, default=None, help="scripted demonstrations (default 100)")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default 100)")
     demo.add_argument("--seed", type=int, default=None,
                       help="first evaluation seed (default 100000; seeds from 100000 on are never "
