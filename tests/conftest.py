@@ -34,7 +34,7 @@ def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodime
     import numpy as np
 
     from lingvla.data.embodiments import get_embodiment
-    from lingvla.train.checkpoint import export_inference
+    from lingvla import checkpoint_dir
 
     model = tiny_model(seed, image_size=image_size, num_cameras=num_cameras)
     emb = get_embodiment(embodiment)
@@ -49,8 +49,9 @@ def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodime
     norm_stats = {"norm_stats": {embodiment: {"state": stats(emb.state_dim), "action": stats(emb.action_dim)}},
                   "count": 1000}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    export_inference(directory, state, model.config, model.prompt_tokenizer.tokenizer, norm_stats,
-                     {embodiment: emb.to_spec()}, {"train_config": {"data": {"normalization": "quantile"}}})
+    checkpoint_dir.write(directory, state, model.config, model.prompt_tokenizer.tokenizer,
+                         norm_stats=norm_stats, embodiments={embodiment: emb.to_spec()},
+                         normalization="quantile")
     return directory
 
 

@@ -12,7 +12,6 @@ unified width) and postprocessing (cut to the robot's dims, un-normalize) exist 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -74,26 +73,19 @@ class Policy:
                         compile_layers: bool = False) -> "Policy":
         """Load an inference directory (model.safetensors, config.yaml, norm_stats.json,
         embodiments.yaml). `embodiment` picks the robot when the checkpoint knows several."""
-        import yaml
+        from lingvla import checkpoint_dir
 
         directory = Path(directory)
-        for name in ("norm_stats.json", "embodiments.yaml"):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory} is not an inference checkpoint: {name} is missing "
-                                        "(export one with `lingvla train`)")
-        specs = yaml.safe_load((directory / "embodiments.yaml").read_text()) or {}
+        files = checkpoint_dir.read_policy_files(directory)
+        specs = files.embodiments
         if embodiment is None:
             if len(specs) != 1:
                 raise ValueError(f"{directory} holds embodiments {sorted(specs)}; choose one with embodiment=")
             embodiment = next(iter(specs))
         if embodiment not in specs:
             raise ValueError(f"embodiment {embodiment!r} is not in {directory} (it has {sorted(specs)})")
-        emb = parse_embodiment(embodiment, specs[embodiment], str(directory / "embodiments.yaml"))
-        mode = "quantile"
-        info_path = directory / "train_info.json"
-        if info_path.is_file():
-            mode = json.loads(info_path.read_text())["train_config"]["data"].get("normalization", mode)
-        normalizer = Normalizer.from_file(directory / "norm_stats.json", embodiment, mode=mode,
+        emb = parse_embodiment(embodiment, specs[embodiment], str(directory / checkpoint_dir.EMBODIMENTS_NAME))
+        normalizer = Normalizer.from_file(files.norm_stats_path, embodiment, mode=files.normalization,
                                           state_dim=emb.state_dim, action_dim=emb.action_dim)
         model = LingVLA.from_pretrained(directory, device=device, dtype=dtype)
         return cls(model, normalizer, emb, num_steps=num_steps, graphed=graphed, compile_layers=compile_layers)

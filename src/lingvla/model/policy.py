@@ -27,9 +27,6 @@ from lingvla.model.expert import ExpertLayer, FusedExpert, RMSNorm, time_embeddi
 from lingvla.model.mot import MoTLayer, rope_cos_sin
 from lingvla.model.tokenizer import PromptTokenizer, load_tokenizer
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
 
 PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -425,44 +422,19 @@ class LingVLA(nn.Module):
 
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write model.safetensors, config.yaml and the tokenizer to `directory`."""
-        from safetensors.torch import save_file
+        """Write the network (model.safetensors, config.yaml, tokenizer/) as a directory of its own
+        (lingvla/checkpoint_dir.py); the directory is replaced as a whole."""
+        from lingvla import checkpoint_dir
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "lingvla": "1"})
-        tmp.replace(directory / WEIGHTS_NAME)
-        self.config.save_yaml(directory / CONFIG_NAME)
-        self.prompt_tokenizer.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
-        return directory
+        return checkpoint_dir.write(directory, self.state_dict(), self.config, self.prompt_tokenizer.tokenizer)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "LingVLA":
-        """Load a directory written by save_pretrained (or the inference export of training)."""
-        from safetensors.torch import load_file
+        """Load the network of a directory written by save_pretrained or an export of training."""
+        from lingvla import checkpoint_dir
 
-        directory = Path(directory)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory} is not a lingvla checkpoint: {name} is missing")
-        config = ModelConfig.load_yaml(directory / CONFIG_NAME)
-        tok_dir = directory / TOKENIZER_DIR
-        tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else (config.tokenizer or config.vlm_path))
-        with empty_parameters():
-            model = cls(config, tokenizer=tokenizer)
-        state = load_file(str(directory / WEIGHTS_NAME))
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {directory / WEIGHTS_NAME} does not match its config: "
-                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-        model = model.to(device)
-        if dtype is not None:
-            model = model.to(dtype)
-        return model.eval()
+        return checkpoint_dir.load_model(directory, device=device, dtype=dtype)
 
 
 def build_model(config: ModelConfig, dtype: torch.dtype = torch.float32) -> LingVLA:

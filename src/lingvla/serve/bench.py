@@ -23,7 +23,7 @@ def random_checkpoint(directory, preset: str = "tiny", image_size: int | None = 
     from lingvla.config import preset as make_config
     from lingvla.data.embodiments import get_embodiment
     from lingvla.model.policy import LingVLA
-    from lingvla.train.checkpoint import export_inference
+    from lingvla import checkpoint_dir
 
     overrides = {"image_size": image_size} if image_size else {}
     if preset == "tiny":
@@ -40,8 +40,9 @@ def random_checkpoint(directory, preset: str = "tiny", image_size: int | None = 
     norm_stats = {"norm_stats": {embodiment: {"state": stats(emb.state_dim), "action": stats(emb.action_dim)}},
                   "count": 1}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return export_inference(directory, state, model.config, model.prompt_tokenizer.tokenizer, norm_stats,
-                            {embodiment: emb.to_spec()}, {"train_config": {"data": {"normalization": "quantile"}}})
+    return checkpoint_dir.write(directory, state, model.config, model.prompt_tokenizer.tokenizer,
+                                norm_stats=norm_stats, embodiments={embodiment: emb.to_spec()},
+                                normalization="quantile")
 
 
 def observation(policy, seed: int = 0, camera_size: tuple[int, int] | None = None) -> dict:

@@ -190,9 +190,10 @@ def training_image_size(checkpoint: str | Path | None) -> int | None:
     them and they can still be read; None otherwise."""
     if checkpoint is None:
         return None
+    from lingvla.checkpoint_dir import read_train_info
+
     try:
-        info = json.loads((Path(checkpoint) / "train_info.json").read_text())
-        datasets = info["train_config"]["data"]["datasets"]
+        datasets = read_train_info(checkpoint)["train_config"]["data"]["datasets"]
     except (OSError, KeyError, TypeError, ValueError):
         return None
     sizes = set()

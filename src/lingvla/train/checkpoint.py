@@ -1,10 +1,11 @@
-"""Resumable checkpoints (torch.distributed.checkpoint) and the inference export.
+"""Resumable checkpoints (torch.distributed.checkpoint); the inference export is written by
+lingvla/checkpoint_dir.py.
 
 Layout under OUTPUT_DIR:
   checkpoints/step_00000500/   model + optimizer (+ EMA) shards (DCP), extra_rank{R}.pt (step,
                                loader position, RNG), COMPLETE
-  export/                      model.safetensors, config.yaml, norm_stats.json, embodiments.yaml,
-                               tokenizer/  - all that `lingvla serve` and `lingvla eval-sim` need
+  export/                      the inference directory (lingvla/checkpoint_dir.py): all that
+                               `lingvla serve` and `lingvla eval-sim` need
 
 Atomicity: a checkpoint is written under a temporary name and renamed into place only once every
 rank has finished, so a crash mid-write never touches the last good checkpoint; leftovers of a
@@ -125,30 +126,3 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def export_inference(out_dir: str | Path, state: dict[str, torch.Tensor], model_config, tokenizer,
-                     norm_stats: dict, embodiments: dict, train_info: dict) -> Path:
-    """Write the inference directory atomically (into a temporary sibling, then renamed)."""
-    from safetensors.torch import save_file
-
-    from lingvla.model.policy import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f"{TMP_PREFIX}{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lingvla": "1"})
-    model_config.save_yaml(tmp / CONFIG_NAME)
-    tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-    (tmp / "norm_stats.json").write_text(json.dumps(norm_stats, indent=1))
-    import yaml
-
-    (tmp / "embodiments.yaml").write_text(yaml.safe_dump(embodiments, sort_keys=False))
-    (tmp / "train_info.json").write_text(json.dumps(train_info, indent=1))
-    old = out_dir.with_name(f"{TMP_PREFIX}old_{out_dir.name}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from lingvla.data.augment import shift_images, shift_offsets
-from lingvla.train.checkpoint import (export_inference, full_state_dict, list_checkpoints,
-                                      load_checkpoint, save_checkpoint)
+from lingvla.train.checkpoint import full_state_dict, list_checkpoints, load_checkpoint, save_checkpoint
 from lingvla.train.config import TrainConfig
 from lingvla.train.ema import EMA, checkpoint_ema_names
 from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
@@ -493,10 +492,13 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
 def _export(out: Path, state: dict, model_config, tokenizer, config: TrainConfig, norm_path,
             summary: dict) -> Path:
     """The inference directory of a run: weights, its norm stats and embodiment specs, train_info."""
+    from lingvla import checkpoint_dir
+
     norm_stats = json.loads(Path(norm_path).read_text())
-    return export_inference(out, state, model_config, tokenizer, norm_stats,
-                            _embodiment_specs(config, norm_stats),
-                            {"train_config": config.to_dict(), "summary": summary})
+    return checkpoint_dir.write(out, state, model_config, tokenizer, norm_stats=norm_stats,
+                                embodiments=_embodiment_specs(config, norm_stats),
+                                normalization=config.data.normalization,
+                                train_info={"train_config": config.to_dict(), "summary": summary})
 
 
 def _weights_note(decay: float, since: int) -> str:
