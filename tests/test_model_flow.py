@@ -2,7 +2,7 @@
 
 import torch
 
-from lingvla.model import flow
+from lingvla.model import flow, sampling
 
 
 def test_target_velocity_is_the_time_derivative_of_the_path():
@@ -24,7 +24,7 @@ def test_euler_with_the_exact_velocity_lands_on_a_point_target():
     g = torch.Generator().manual_seed(1)
     target = torch.randn(2, 50, 7, generator=g, dtype=torch.float64)
     noise = torch.randn(2, 50, 7, generator=g, dtype=torch.float64)
-    out = flow.euler_sample(lambda x, t: (x - target) / t.double()[:, None, None], noise, 10)
+    out = sampling.euler_sample(lambda x, t: (x - target) / t.double()[:, None, None], noise, 10)
     torch.testing.assert_close(out, target, atol=1e-6, rtol=0)  # t travels as float32
 
 
@@ -33,13 +33,13 @@ def test_euler_linear_velocity_matches_its_closed_form():
     noise = torch.ones(1, 2, 3)
     c = torch.full((1, 2, 3), 0.25)
     for steps in (1, 3, 10):
-        out = flow.euler_sample(lambda x, t: c, noise, steps)
+        out = sampling.euler_sample(lambda x, t: c, noise, steps)
         torch.testing.assert_close(out, noise - c)
 
 
 def test_euler_visits_times_from_one_down():
     seen = []
-    flow.euler_sample(lambda x, t: seen.append(round(float(t[0]), 6)) or torch.zeros_like(x),
+    sampling.euler_sample(lambda x, t: seen.append(round(float(t[0]), 6)) or torch.zeros_like(x),
                       torch.zeros(1, 1, 1), 4)
     assert seen == [1.0, 0.75, 0.5, 0.25]
 
@@ -57,3 +57,27 @@ def test_time_sampling_distributions():
     # General Beta(a, b) also supported.
     tb = flow.sample_time(100_000, "beta", g, alpha=2.0, beta=2.0)
     assert abs(tb.mean().item() - (0.999 * 0.5 + 0.001)) < 5e-3
+
+
+def test_one_euler_loop_takes_step_rules():
+    # A step rule sees the loop's times and step sizes; the plain rule is the default.
+    noise = torch.randn(2, 4, 3)
+    seen = []
+
+    def recording(x, t, dt, velocity):
+        seen.append((round(t, 6), round(dt, 6)))
+        return sampling.euler_step(x, t, dt, velocity)
+
+    def velocity(x, t):
+        return torch.ones_like(x)
+
+    plain = sampling.euler_sample(velocity, noise, 4)
+    ruled = sampling.euler_sample(velocity, noise, 4, step=recording)
+    assert torch.equal(plain, ruled) and torch.allclose(plain, noise - 1)
+    assert seen == [(1.0, -0.25), (0.75, -0.25), (0.5, -0.25), (0.25, -0.25)]
+    # inpainting with full weight lands exactly on the target; with zero weight it is plain Euler
+    target = torch.randn(2, 4, 3)
+    full = sampling.euler_sample(velocity, noise, 4, step=sampling.inpaint_step(noise, target, torch.ones(1)))
+    assert torch.allclose(full, target)
+    free = sampling.euler_sample(velocity, noise, 4, step=sampling.inpaint_step(noise, target, torch.zeros(1)))
+    assert torch.equal(free, plain)

@@ -9,7 +9,8 @@ import torch
 
 from lingvla.inference import ObservationError, Policy
 from lingvla.serve.bench import run_broker, smooth_noise, smooth_source
-from lingvla.serve.rtc import RTCConfig, guidance_weight, prefix_weights
+from lingvla.model.sampling import guidance_weight
+from lingvla.serve.rtc import RTCConfig, prefix_weights
 
 
 @pytest.fixture(scope="module", autouse=True)

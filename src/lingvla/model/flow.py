@@ -1,13 +1,11 @@
 """Flow matching in the released model's convention.
 
 t = 1 is noise, t = 0 is data:  x_t = t * eps + (1 - t) * A,  target velocity u = dx_t/dt = eps - A.
-Sampling integrates from t = 1 to t = 0 with Euler steps of dt = -1 / num_steps.
+Sampling (lingvla/model/sampling.py) integrates from t = 1 to t = 0 with Euler steps of dt = -1 / num_steps.
 (The paper writes the mirrored time s = 1 - t: A_s = s*A + (1-s)*eps, v = A - eps.)
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -38,20 +36,6 @@ def interpolate(actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> 
 
 def target_velocity(actions: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - actions
-
-
-def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 noise: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 1 (x = noise) to t = 0 in num_steps Euler steps."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    x = noise
-    dt = -1.0 / num_steps
-    batch = noise.shape[0]
-    for step in range(num_steps):
-        t = torch.full((batch,), 1.0 + step * dt, dtype=torch.float32, device=noise.device)
-        x = x + dt * velocity(x, t)
-    return x
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, dim_mask: torch.Tensor,

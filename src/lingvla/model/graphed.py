@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lingvla.model import flow
+from lingvla.model import sampling
 from lingvla.model.policy import LingVLA, Prefix
 
 
@@ -99,7 +99,7 @@ class GraphedSampler:
             kind, cam = model._prefix_layout(model.config.num_cameras, slot.tokens.shape[1], slot.images.device)
             prefix = Prefix(slot.images, slot.image_mask, kind, cam, model.config.depth.enabled)
         velocity = model.cached_velocity(prefix, slot.state, slot.dim_mask, fuse_expert=self.fuse_expert)
-        return flow.euler_sample(velocity, slot.noise, self.num_steps)
+        return sampling.euler_sample(velocity, slot.noise, self.num_steps)
 
     def _inputs(self, batch: dict, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self.model

@@ -362,49 +362,23 @@ class LingVLA(nn.Module):
 
     # ---------------------------------------------------------------------------- inference
     def velocity_fn(self, batch: dict, use_cache: bool = True):
-        """The denoiser of one batch: a function (x [B, T, D], t [B]) -> velocity [B, T, D].
+        """The denoiser of one batch, (x [B, T, D], t [B]) -> velocity: lingvla/model/sampling.py."""
+        from lingvla.model import sampling
 
-        With use_cache the prefix is run once here (without gradients) and every call runs only the
-        expert over the suffix against its cached K/V; without, every call reruns the joint model.
-        Calls track gradients if the caller enables them (inference-time guidance needs dv/dx).
-        """
-        inputs = self.prepare(batch, train=False)
-        with torch.no_grad():
-            prefix = self.embed_prefix(inputs["images"], inputs["image_mask"], inputs["tokens"],
-                                       inputs["token_mask"])
-        state, dim_mask = inputs["state"], inputs["action_dim_mask"]
-        if use_cache:
-            return self.cached_velocity(prefix, state, dim_mask)
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-            return self.velocity_from_suffix(self.forward_joint(prefix, suffix, cond)[1])
-
-        return velocity
+        return sampling.velocity_fn(self, batch, use_cache=use_cache)
 
     def cached_velocity(self, prefix: Prefix, state: torch.Tensor, dim_mask: torch.Tensor,
                         fuse_expert: bool = False):
-        """The K/V-cached denoiser of an embedded prefix: runs the prefix once (without gradients)
-        and returns (x, t) -> velocity, each call the expert alone over the suffix.
-        fuse_expert: concatenate the expert's weights once here (FusedExpert) for fewer matmuls
-        per step; no gradients reach the weights through them."""
-        with torch.no_grad():
-            cache = self.fill_prefix_cache(prefix)
-            plan = self.plan_suffix(prefix, 1 + self.config.chunk_size)
-            fused = FusedExpert([layer.expert for layer in self.layers]) if fuse_expert else None
+        """The K/V-cached denoiser of an embedded prefix: lingvla/model/sampling.py."""
+        from lingvla.model import sampling
 
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            suffix, cond = self.embed_suffix(state, x, t, dim_mask)
-            return self.velocity_from_suffix(self.forward_suffix(cache, plan, suffix, cond, fused))
-
-        return velocity
+        return sampling.cached_velocity(self, prefix, state, dim_mask, fuse_expert=fuse_expert)
 
     def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         c = self.config
         return torch.randn((batch_size, c.chunk_size, c.action_dim), generator=generator,
                            device=self.device, dtype=self.dtype)
 
-    @torch.no_grad()
     def sample_actions(self, batch: dict, noise: torch.Tensor | None = None,
                        num_steps: int | None = None, use_cache: bool = True,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -412,13 +386,12 @@ class LingVLA(nn.Module):
 
         use_cache=True runs the prefix once and each Euler step only runs the expert over the
         suffix tokens against the cached K/V; False reruns the whole joint model every step
-        (the reference the cache is tested against).
+        (the reference the cache is tested against). The loop: lingvla/model/sampling.py.
         """
-        velocity = self.velocity_fn(batch, use_cache=use_cache)
-        if noise is None:
-            noise = self.initial_noise(len(batch["prompt"]), generator)
-        noise = noise.to(self.device, self.dtype)
-        return flow.euler_sample(velocity, noise, num_steps or self.config.num_steps)
+        from lingvla.model import sampling
+
+        return sampling.sample_actions(self, batch, noise=noise, num_steps=num_steps, use_cache=use_cache,
+                                       generator=generator)
 
     # ---------------------------------------------------------------------------- save/load
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -7,7 +7,7 @@ chunk's remaining actions, aligned to the new chunk's first step, are the *prefi
 of the overlap may still change (weights decaying exponentially to 0), nothing beyond it is
 constrained (weight 0) - the paper's soft mask (its Eq. 5 with H - s = the prefix length).
 
-Two samplers on top of `LingVLA.velocity_fn` (prefix K/V cached once per chunk):
+Two step rules of the one Euler loop (lingvla/model/sampling.py), on the prefix-cached velocity:
 
 - "guidance" (the paper's): pseudo-inverse guidance (PiGDM). Each Euler step predicts the clean chunk
   A_hat = x_t - t * v(x_t, t), takes the weighted error W * (Y - A_hat) back through the denoiser with
@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from lingvla.model import sampling
 
 METHODS = ("guidance", "inpaint")
 SCHEDULES = ("exp", "linear", "hard")
@@ -78,46 +80,6 @@ def prefix_weights(chunk_size: int, prefix_len: int, delay: int, schedule: str =
     elif schedule != "hard":
         raise ValueError(f"unknown RTC schedule {schedule!r}; expected one of {SCHEDULES}")
     return w
-
-
-def guidance_weight(t: float, max_guidance: float) -> float:
-    """beta_t = min(beta_max, (1 - tau) / (tau r^2)), r^2 = (1 - tau)^2 / (tau^2 + (1 - tau)^2), tau = 1 - t."""
-    if t <= 0.0 or t >= 1.0:
-        return max_guidance
-    return min(max_guidance, ((1 - t) ** 2 + t ** 2) / (t * (1 - t)))
-
-
-def rtc_sample(velocity, noise: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-               num_steps: int, config: RTCConfig) -> torch.Tensor:
-    """Euler from t = 1 to 0 with the prefix constraint.
-
-    velocity: (x [B, T, D], t [B]) -> v; noise, target [B, T, D]; weights broadcastable to target
-    (0 where unconstrained, including padded dims). Returns x_0 [B, T, D].
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
-    x = noise
-    dt = -1.0 / num_steps
-    batch = noise.shape[0]
-    for step in range(num_steps):
-        t = 1.0 + step * dt
-        t_vec = torch.full((batch,), t, dtype=torch.float32, device=noise.device)
-        if config.method == "guidance":
-            with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
-                v = velocity(x_in, t_vec)
-                clean = x_in - t * v  # the denoiser's estimate of the final chunk
-                error = (target - clean) * weights
-                (correction,) = torch.autograd.grad(clean, x_in, grad_outputs=error.detach())
-            beta = guidance_weight(t, config.max_guidance)
-            x = x.detach() + dt * (v.detach() - beta * correction)
-        else:
-            with torch.no_grad():
-                x = x + dt * velocity(x, t_vec)
-                t_next = max(t + dt, 0.0)
-                known = t_next * noise + (1 - t_next) * target
-                x = weights * known + (1 - weights) * x
-    return x.detach()
 
 
 def check_prefix(prefix_actions, prefix_delay, chunk_size: int, action_dim: int) -> tuple[np.ndarray, int]:
@@ -162,7 +124,12 @@ def infer_with_prefix(policy, batch: dict, prefix_actions, prefix_delay, *, nois
     if noise is None:
         noise = model.initial_noise(1)
     noise = noise.to(model.device, model.dtype)
-    chunk = rtc_sample(velocity, noise, target, weights, policy.num_steps, config)
+    if config.method == "guidance":
+        step = sampling.guidance_step(target, weights, config.max_guidance)
+    else:
+        step = sampling.inpaint_step(noise, target, weights)
+    with torch.no_grad():  # guidance turns gradients on inside its step
+        chunk = sampling.euler_sample(velocity, noise, policy.num_steps, step=step)
     actions = policy.actions_from_model(chunk[0])
     actions[:delay] = prefix[:delay]
     return actions
