@@ -14,7 +14,7 @@ from lingvla.data.embodiments import CAMERA_SLOTS  # noqa: E402
 from lingvla.data.samples import RobotDataset  # noqa: E402
 from lingvla.model.policy import LingVLA  # noqa: E402
 from lingvla.sim.demo import demo_cameras, demo_train_config, window_stop_from_dataset  # noqa: E402
-from lingvla.sim.demos import generate_dataset  # noqa: E402
+from lingvla.sim.demonstrations import generate_dataset  # noqa: E402
 from lingvla.train.loop import train  # noqa: E402
 from lingvla.train.open_loop import open_loop_error  # noqa: E402
 

@@ -13,7 +13,7 @@ pytest.importorskip("mujoco")
 
 from lingvla.cli import main as cli  # noqa: E402
 from lingvla.data.depth import MM_PER_M, encode_depth  # noqa: E402
-from lingvla.sim.demos import demo_frames, generate_dataset, generate_demo  # noqa: E402
+from lingvla.sim.demonstrations import demo_frames, generate_dataset, generate_demo  # noqa: E402
 from lingvla.sim.tasks import CAMERAS  # noqa: E402
 
 SIZE = 32

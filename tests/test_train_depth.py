@@ -28,7 +28,7 @@ def one_thread():
 def sim_dataset(tmp_path_factory):
     pytest.importorskip("gym_aloha")
     pytest.importorskip("mujoco")
-    from lingvla.sim.demos import generate_dataset
+    from lingvla.sim.demonstrations import generate_dataset
 
     out = tmp_path_factory.mktemp("sim_depth") / "transfer_cube"
     # 230 steps reach the first success (~218) of seed 0; one episode is enough here.

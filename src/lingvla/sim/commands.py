@@ -113,7 +113,7 @@ def add_commands(commands, bench) -> None:
 def _gen_demos(args: argparse.Namespace) -> int:
     import sys
 
-    from .demos import generate_dataset
+    from .demonstrations import generate_dataset
 
     try:
         report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,

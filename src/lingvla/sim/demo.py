@@ -171,7 +171,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 30.0, *, task: str 
     from lingvla.sim.seeds import eval_seeds
     from lingvla.train.loop import train
 
-    from .demos import generate_dataset
+    from .demonstrations import generate_dataset
     from .evaluate import evaluate
     from .tasks import EPISODE_STEPS, get_task
 
@@ -297,7 +297,8 @@ def write_demo_report(out: Path, result: DemoResult, config, gen, report, minute
         "",
         "![success and progress per episode](eval/chart.png)",
         "",
-        "Videos (top, left wrist, right wrist):",
+        f"Videos ({', '.join(c.replace('_', ' ') for c in demo_cameras(config))} camera"
+        f"{'s' if len(demo_cameras(config)) > 1 else ''}, as the policy saw them):",
         "",
     ]
     lines += [f"- [seed {e.seed}: {'success' if e.success else 'failure'}, best reward {e.max_reward}]"

@@ -51,7 +51,7 @@ class Task:
     # Uniform ranges (low, high) of each object's (x, y, z), sampled in this order.
     object_ranges: tuple[tuple[tuple[float, float], ...], ...]
     # Step by which the scripted arms have reached their first grasp pose (the fingers close
-    # after it): corrective noise in demonstrations (lingvla.sim.demos) is faded out by then.
+    # after it): corrective noise in demonstrations (lingvla.sim.demonstrations) is faded out by then.
     approach_end: int = 90
     # Later windows (start, end) of corrective noise, with `noise_phases="all"`: the arms carry an
     # object there, and the offsets ramp in over 20 steps from start and out over the 20 before end,

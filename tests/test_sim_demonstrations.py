@@ -12,7 +12,7 @@ pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
 from lingvla.sim import commands  # noqa: E402
-from lingvla.sim.demos import ARM_JOINT_INDICES, generate_demo, iter_demos  # noqa: E402
+from lingvla.sim.demonstrations import ARM_JOINT_INDICES, generate_demo, iter_demos  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
 from lingvla.sim.tasks import CAMERAS, JOINT_NAMES, LEFT_GRIPPER, RIGHT_GRIPPER  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_demos_refuse_evaluation_seeds(tmp_path, capsys):
 
 
 def test_corrective_noise_shape_fade_and_determinism():
-    from lingvla.sim.demos import corrective_noise
+    from lingvla.sim.demonstrations import corrective_noise
     from lingvla.sim.tasks import get_task
 
     end = get_task("transfer_cube").approach_end - 10
@@ -118,7 +118,7 @@ def test_corrective_noise_shape_fade_and_determinism():
 
 @pytest.mark.parametrize("task", ["transfer_cube", "insertion"])
 def test_corrective_noise_in_later_phases(task):
-    from lingvla.sim.demos import corrective_noise
+    from lingvla.sim.demonstrations import corrective_noise
     from lingvla.sim.tasks import get_task
 
     spec = get_task(task)
