@@ -20,7 +20,7 @@ from image_reliance import dataset_observation, predict  # the script beside thi
 
 def main() -> None:
     from lingvla.data.lerobot import LeRobotDataset
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.sim.demonstrations import generate_demo
     from lingvla.sim.tasks import CAMERAS
 

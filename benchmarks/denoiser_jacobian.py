@@ -15,7 +15,7 @@ import json
 def main() -> None:
     import torch
 
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.sim.env import make_env
     from lingvla.sim.seeds import EVAL_SEED_START
 

@@ -32,7 +32,7 @@ def predict(policy, obs: dict) -> np.ndarray:
 
 def main() -> None:
     from lingvla.data.lerobot import LeRobotDataset
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")

@@ -19,7 +19,7 @@ import torch
 
 def step_times(model_config, batch_size: int, steps: int, warmup: int = 2) -> list[float]:
     from lingvla.batch import random_batch
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     torch.manual_seed(0)
     model = LingVLA(model_config).train()

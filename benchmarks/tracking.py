@@ -19,7 +19,7 @@ import torch
 
 
 def main() -> None:
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.sim.env import make_env
     from lingvla.sim.tracking import track
 

@@ -12,7 +12,7 @@ import json
 
 
 def main() -> None:
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.sim.evaluate import evaluate
     from lingvla.sim.seeds import EVAL_SEED_START
 

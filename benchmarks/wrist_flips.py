@@ -38,7 +38,7 @@ def dataset_flips(path: str) -> list[int]:
 def policy_flips(checkpoint: str, task: str, episodes: int, seed: int) -> dict:
     import torch
 
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.sim.env import make_env
     from lingvla.sim.evaluate import run_episode
 

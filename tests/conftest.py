@@ -4,7 +4,7 @@ import torch
 
 from lingvla.batch import random_batch
 from lingvla.config import tiny_config
-from lingvla.model.policy import LingVLA
+from lingvla.model.lingvla import LingVLA
 
 # 56 px keeps the model tests fast: 4 tokens per camera, same code paths as 224.
 TEST_IMAGE_SIZE = 56

@@ -10,7 +10,7 @@ from lingvla import checkpoint_dir
 
 
 def test_policy_directory_round_trip_and_normalization_is_explicit(tmp_path):
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     directory = make_tiny_checkpoint(tmp_path / "export")
     names = sorted(p.name for p in directory.iterdir())

@@ -96,7 +96,7 @@ def test_fast_cuda_training_tracks_plain_fp32(tmp_path):
     from safetensors.torch import load_file
 
     from lingvla.data.synthetic import write_synthetic_dataset
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, episode_length=60, image_hw=(56, 56))
 

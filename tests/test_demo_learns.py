@@ -12,7 +12,7 @@ pytest.importorskip("mujoco")
 
 from lingvla.data.embodiments import CAMERA_SLOTS  # noqa: E402
 from lingvla.data.samples import RobotDataset  # noqa: E402
-from lingvla.model.policy import LingVLA  # noqa: E402
+from lingvla.model.lingvla import LingVLA  # noqa: E402
 from lingvla.sim.demo import demo_cameras, demo_train_config, window_stop_from_dataset  # noqa: E402
 from lingvla.sim.demonstrations import generate_dataset  # noqa: E402
 from lingvla.train.loop import train  # noqa: E402

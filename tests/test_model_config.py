@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lingvla.config import ModelConfig, preset, tiny_config
-from lingvla.model.policy import LingVLA, empty_parameters
+from lingvla.model.lingvla import LingVLA, empty_parameters
 from lingvla.model.released import released_to_ours
 from lingvla.model.tokenizer import TINY_VOCAB_SIZE, PromptTokenizer, build_tiny_tokenizer
 

@@ -60,7 +60,7 @@ def test_query_mask_matches_reference_and_flex_agrees():
 
 
 def test_depth_parameters_are_registered_trained_and_saved(tmp_path):
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     model = depth_model().train()
     names = {n for n, _ in model.named_parameters()}

@@ -7,7 +7,7 @@ import torch
 
 from lingvla.config import tiny_config
 from lingvla.model.backbone import ImageEncoder, patchify
-from lingvla.model.policy import LingVLA, build_model
+from lingvla.model.lingvla import LingVLA, build_model
 from lingvla.model.tokenizer import build_tiny_tokenizer
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lingvla.inference import ObservationError, Policy
+from lingvla.serve.policy import ObservationError, Policy
 from lingvla.serve.bench import run_broker, smooth_noise, smooth_source
 from lingvla.model.sampling import guidance_weight
 from lingvla.serve.rtc import RTCConfig, prefix_weights

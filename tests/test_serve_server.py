@@ -18,7 +18,7 @@ import torch
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from lingvla.inference import Policy
+from lingvla.serve.policy import Policy
 from lingvla.serve.protocol import packb, unpackb
 from lingvla.serve.server import ServerThread
 

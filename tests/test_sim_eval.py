@@ -128,7 +128,7 @@ class Recording:
 def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkeypatch, method):
     """rtc: every chunk after the first is asked to continue the previous chunk's unexecuted
     actions, and its first rtc_delay actions are those actions exactly."""
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.serve.rtc import RTCConfig
     from lingvla.sim.env import make_env
 
@@ -200,7 +200,7 @@ def test_a_top_camera_policy_gets_only_the_top_camera(tmp_path, monkeypatch):
     """A policy trained on the top camera alone is evaluated with only that camera rendered and
     sent (its videos show it alone); a three-camera policy gets all three."""
     monkeypatch.chdir(tmp_path)
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     ckpt = make_tiny_checkpoint(tmp_path / "top", image_size=SIZE, num_cameras=1)
     assert evaluate_module.policy_cameras(Policy.from_checkpoint(ckpt)) == ("top",)

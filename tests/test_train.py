@@ -60,7 +60,7 @@ def test_lr_schedule_and_param_groups():
     config.optim.schedule = "constant"
     assert lr_factor(80, config) == 1.0
 
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     model = LingVLA(tiny_config(image_size=56))
     config.optim.freeze_vision = True
@@ -121,7 +121,7 @@ def test_flops_count_matches_the_papers_figures():
 
 
 def test_short_run_learns_and_exports(dataset, tmp_path):
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     config = load_train_config(None, overrides(dataset, tmp_path / "run", steps=40, save_every=100,
                                                **{"optim.lr": 3e-3}))
@@ -175,7 +175,7 @@ def test_two_process_fsdp_matches_one_process(dataset, tmp_path):
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6), (step, one, two)
     assert one[4] != one[1]  # training moved
     # The FSDP export holds the same weights as a plain model would load.
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     LingVLA.from_pretrained(tmp_path / "two" / "export")
     assert list_complete(tmp_path / "two") == [2, 4]
@@ -231,7 +231,7 @@ def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path, state_dropout,
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
     from lingvla.train.loop import NonFiniteLossError
 
     calls = {"n": 0}
@@ -260,7 +260,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(dataset, tmp_path):
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-5)
     # The export holds plain parameter names (no wrapper prefixes): it loads strictly.
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     LingVLA.from_pretrained(tmp_path / "ac" / "export")
 

@@ -61,7 +61,7 @@ def test_depth_config_defaults_and_errors():
                                     "optim.lr_multipliers={vision: 0.5}"])
     assert lr_multipliers(mine) == {"vision": 0.5}
 
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     model = LingVLA(on.model)
     by_mult = {g["lr_mult"]: g for g in param_groups(model, on)}

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lingvla.cli import main as cli
-from lingvla.model.policy import build_model
+from lingvla.model.lingvla import build_model
 from lingvla.train.config import load_train_config
 from lingvla.train.ema import EMA, clean_name
 from lingvla.train.loop import apply_freezing, export_checkpoint, train

@@ -78,7 +78,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype:
     from safetensors.torch import load_file
 
     from lingvla.config import ModelConfig
-    from lingvla.model.policy import LingVLA, empty_parameters
+    from lingvla.model.lingvla import LingVLA, empty_parameters
     from lingvla.model.tokenizer import load_tokenizer
 
     directory = Path(directory)

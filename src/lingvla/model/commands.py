@@ -45,7 +45,7 @@ def bench_infer(args: argparse.Namespace) -> int:
     import torch
 
     from lingvla.config import ModelConfig, apply_overrides, preset
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
 
     if args.threads:
         torch.set_num_threads(args.threads)

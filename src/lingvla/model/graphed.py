@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lingvla.model import sampling
-from lingvla.model.policy import LingVLA, Prefix
+from lingvla.model.lingvla import LingVLA, Prefix
 
 
 def compile_for_inference(model: LingVLA) -> None:

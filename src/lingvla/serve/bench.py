@@ -22,7 +22,7 @@ def random_checkpoint(directory, preset: str = "tiny", image_size: int | None = 
 
     from lingvla.config import preset as make_config
     from lingvla.data.embodiments import get_embodiment
-    from lingvla.model.policy import LingVLA
+    from lingvla.model.lingvla import LingVLA
     from lingvla import checkpoint_dir
 
     overrides = {"image_size": image_size} if image_size else {}
@@ -75,7 +75,7 @@ def smooth_noise(seed: int, chunk: int, dim: int, length_scale: float = 6.0):
 def _load_policy(args, tmp: str):
     import torch
 
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -24,7 +24,7 @@ the chunk at once and holds it back d ticks (a simulated delay). The first chunk
 fetched synchronously.
 
 A chunk source is `source(obs, prefix_actions | None, prefix_delay) -> float [T, dim]`;
-`as_source` makes one from a `lingvla.inference.Policy`, an openpi-style client (`.infer(obs)`,
+`as_source` makes one from a `lingvla.serve.policy.Policy`, an openpi-style client (`.infer(obs)`,
 e.g. openpi_client's WebsocketClientPolicy against `lingvla serve`) or a plain callable.
 """
 
@@ -40,7 +40,7 @@ MODES = ("chunk", "ensemble", "rtc")
 
 
 def policy_source(policy, rtc=None):
-    """A source over a local `lingvla.inference.Policy` (rtc: an RTCConfig for its sampler)."""
+    """A source over a local `lingvla.serve.policy.Policy` (rtc: an RTCConfig for its sampler)."""
 
     def source(obs, prefix_actions=None, prefix_delay=0):
         if prefix_actions is None:
@@ -66,7 +66,7 @@ def client_source(client, rtc_method: str | None = None):
 
 
 def as_source(obj, rtc=None):
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     if isinstance(obj, Policy):
         return policy_source(obj, rtc)

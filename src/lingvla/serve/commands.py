@@ -73,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
     from lingvla.serve.server import PolicyServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -105,7 +105,7 @@ def check_prefix(prefix_actions, prefix_delay, chunk_size: int, action_dim: int)
 
 def infer_with_prefix(policy, batch: dict, prefix_actions, prefix_delay, *, noise: torch.Tensor | None = None,
                       config: RTCConfig | None = None) -> np.ndarray:
-    """Sample one chunk for a `lingvla.inference.Policy` batch under the RTC constraint.
+    """Sample one chunk for a `lingvla.serve.policy.Policy` batch under the RTC constraint.
 
     prefix_actions: robot units [k, action_dim], aligned to the new chunk's step 0 (the observation's
     time); prefix_delay: how many of them execute before the chunk arrives. -> robot units [T, dim].

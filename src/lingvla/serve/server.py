@@ -1,4 +1,4 @@
-"""The policy server: OpenPI's websocket protocol in front of one `lingvla.inference.Policy`.
+"""The policy server: OpenPI's websocket protocol in front of one `lingvla.serve.policy.Policy`.
 
 Protocol (openpi-client's WebsocketClientPolicy works against it unchanged):
 - websocket on ws://HOST:PORT; every frame both ways is msgpack-numpy (lingvla.serve.protocol);
@@ -147,7 +147,7 @@ class PolicyServer:
 
     async def _answer(self, connection, message, prev_total_ms):
         """-> bytes or str to send, or None when the client went away meanwhile."""
-        from lingvla.inference import ObservationError
+        from lingvla.serve.policy import ObservationError
 
         self.stats["requests"] += 1
         try:

@@ -42,7 +42,7 @@ def add_commands(commands, bench) -> None:
 
     ev = commands.add_parser(
         "eval-sim", help="closed-loop success rate of a checkpoint in the ALOHA simulator",
-        description="Roll out a checkpoint (through lingvla.inference.Policy, as the server does) in "
+        description="Roll out a checkpoint (through lingvla.serve.policy.Policy, as the server does) in "
                     "the ALOHA simulator from evaluation seeds. Prints one JSON line (success_rate, "
                     "progress = mean best reward stage / 4, ...) and writes a report directory "
                     "(results.json, chart.png, videos/).")

@@ -4,7 +4,7 @@
     report.summary()   # success_rate, progress (mean max reward / 4), episodes, seed, wall_s, ...
 
 Any object with `infer(obs) -> {"actions": [T, 14]}` can be evaluated (`policy=`); a checkpoint
-directory is loaded with `lingvla.inference.Policy`, the object the policy server uses. Each
+directory is loaded with `lingvla.serve.policy.Policy`, the object the policy server uses. Each
 episode starts from an evaluation seed (lingvla.sim.seeds; `seed`, `seed + 1`, ...), asks for a
 chunk, executes its first `actions_per_chunk` actions, asks again, ... until reward 4 (success)
 or 400 steps. With `ensemble_decay` set, the chunks overlapping a step are averaged instead, with
@@ -125,7 +125,7 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
                  ensemble_decay: float | None = None, rtc=None, rtc_delay: int = 0) -> int:
     """Refuse a policy that cannot drive `task`; return the actions executed per chunk.
 
-    A `lingvla.inference.Policy` must have a 14-D action and state embodiment whose cameras include
+    A `lingvla.serve.policy.Policy` must have a 14-D action and state embodiment whose cameras include
     the simulator's top / left_wrist / right_wrist; other objects are checked by the pre-flight
     inference in `evaluate`.
     """
@@ -364,7 +364,7 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
                  num_steps: int | None, cameras: Sequence[str] = CAMERAS) -> None:
     import torch
 
-    from lingvla.inference import Policy
+    from lingvla.serve.policy import Policy
 
     from .env import make_env
 
@@ -422,7 +422,7 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     if policy is None:
         if checkpoint is None:
             raise ValueError("give a checkpoint directory or a policy")
-        from lingvla.inference import Policy
+        from lingvla.serve.policy import Policy
 
         try:
             policy = Policy.from_checkpoint(checkpoint, num_steps=num_steps)
@@ -482,7 +482,7 @@ def _env(task: str, image_size: int, max_steps: int, cameras: Sequence[str] = CA
 def preflight(policy, env, seed: int) -> None:
     """One inference on an episode's first observation, so a policy that does not take the task's
     observations (prompt over its token budget, wrong output width, NaN) fails before any rollout."""
-    from lingvla.inference import ObservationError
+    from lingvla.serve.policy import ObservationError
 
     obs = env.reset(seed)
     try:

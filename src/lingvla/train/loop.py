@@ -274,7 +274,7 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
     from tqdm import tqdm
 
     from lingvla.data.mixture import make_dataloader
-    from lingvla.model.policy import build_model
+    from lingvla.model.lingvla import build_model
 
     config.validate()
     if not config.data.datasets:
@@ -521,7 +521,7 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from lingvla.model.policy import build_model
+    from lingvla.model.lingvla import build_model
     from lingvla.train.config import load_train_config
 
     run_dir = Path(run_dir)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lingvla.data.video import resize_with_pad
-from lingvla.inference import ObservationError, Policy
+from lingvla.serve.policy import ObservationError, Policy
 
 
 def observation(seed=0, size=(48, 64)):

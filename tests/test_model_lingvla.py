@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_batch, tiny_model
 from lingvla.model import flow
-from lingvla.model.policy import LingVLA
+from lingvla.model.lingvla import LingVLA
 
 
 def joint_outputs(model, batch, noise, t):

@@ -20,7 +20,7 @@ import torch
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, parse_embodiment
 from lingvla.data.normalize import Normalizer
 from lingvla.data.video import resize_with_pad
-from lingvla.model.policy import LingVLA
+from lingvla.model.lingvla import LingVLA
 
 IMAGE_PREFIX = "observation.images."
 
