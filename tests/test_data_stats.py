@@ -13,7 +13,8 @@ from lingvla.cli import main
 from lingvla.data.errors import MissingStatsError
 from lingvla.data.lerobot import LeRobotDatasetWriter
 from lingvla.data.normalize import Normalizer, cut_from_unified, pad_to_unified
-from lingvla.data.stats import RunningStats, compute_norm_stats
+from lingvla.data.running_stats import RunningStats
+from lingvla.data.stats import compute_norm_stats
 
 QS = {"q01": 0.01, "q02": 0.02, "q50": 0.5, "q98": 0.98, "q99": 0.99}
 

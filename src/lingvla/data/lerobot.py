@@ -717,7 +717,7 @@ class LeRobotDatasetWriter:
     def _dataset_stats(self) -> dict:
         """Aggregate the per-episode stats exactly (count-weighted mean and variance); add
         quantiles for vector features from the written parquet files."""
-        from lingvla.data.stats import RunningStats
+        from lingvla.data.running_stats import RunningStats
 
         out: dict[str, dict] = {}
         for key in self.features:
