@@ -138,3 +138,23 @@ def test_async_requests_see_a_snapshot_of_the_observation():
         broker.act(buffer)
     broker.close()
     assert seen == [0.0, 4.0]
+
+
+@pytest.mark.parametrize("mode,delay", [("chunk", 0), ("rtc", 3), ("ensemble", 0)])
+def test_observations_are_needed_only_on_request_ticks(mode, delay):
+    """needs_observation() says which ticks send the observation; the others may pass None (a
+    simulator then renders no cameras), and the executed stream is the same."""
+    make = lambda j, k: np.full((10, 2), 100.0 * j) + np.arange(10)[:, None]  # noqa: E731
+    full_src, lazy_src = Source(make), Source(make)
+    horizon = 1 if mode == "ensemble" else 5
+    full = ActionBroker(full_src, mode=mode, execute_horizon=horizon, delay=delay, ensemble_decay=0.3)
+    lazy = ActionBroker(lazy_src, mode=mode, execute_horizon=horizon, delay=delay, ensemble_decay=0.3)
+    needed, out = [], []
+    for k in range(17):
+        need = lazy.needs_observation()
+        needed.append(need)
+        out.append(lazy.act({"tick": k} if need else None))
+    np.testing.assert_array_equal(np.stack(out), drive(full, 17))
+    assert [k for k, need in enumerate(needed) if need] == [c["tick"] for c in full_src.calls]
+    with pytest.raises(ValueError, match="needs the observation"):
+        ActionBroker(Source(make), mode=mode, execute_horizon=horizon).act(None)

@@ -14,7 +14,7 @@ pytest.importorskip("mujoco")
 
 from conftest import HoldStill, ReplayPolicy, make_tiny_checkpoint  # noqa: E402
 from lingvla.sim import commands, evaluate as evaluate_module  # noqa: E402
-from lingvla.sim.evaluate import ChunkExecutor, CheckpointMismatchError, evaluate  # noqa: E402
+from lingvla.sim.evaluate import CheckpointMismatchError, evaluate  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
 
 SIZE = 56  # the tiny checkpoint's input size (a multiple of 28)
@@ -93,22 +93,54 @@ def test_temporal_ensembling_of_a_consistent_policy_replays_it():
     assert report.episodes[0].inferences == -(-report.episodes[0].steps // 10)
 
 
-def test_chunk_executor_ensembles_with_act_weights():
-    ex = ChunkExecutor(actions_per_chunk=2, ensemble_decay=0.5)
-    assert ex.needs_chunk(0) and not ex.needs_chunk(1) and ex.needs_chunk(2)
-    ex.add(0, np.zeros((4, 14)))
-    np.testing.assert_allclose(ex.action(0), 0.0)
-    ex.add(2, np.ones((4, 14)))
-    w_old, w_new = 1.0, np.exp(-0.5)  # the oldest chunk weighs most (ACT)
-    np.testing.assert_allclose(ex.action(2), w_new / (w_old + w_new))
-    ex.add(4, np.full((4, 14), 3.0))  # the first chunk (steps 0-3) no longer covers step 4
-    np.testing.assert_allclose(ex.action(4), (1.0 * w_old + 3.0 * w_new) / (w_old + w_new))
+class Counting:
+    """A test double holding still with chunks of `length` actions."""
 
-    plain = ChunkExecutor(actions_per_chunk=3)
-    plain.add(0, np.arange(5)[:, None] * np.ones((5, 14)))
-    assert [plain.action(t)[0] for t in range(3)] == [0, 1, 2] and plain.needs_chunk(3)
-    with pytest.raises(CheckpointMismatchError, match="a chunk of 2 actions cannot cover 3 steps"):
-        plain.add(3, np.ones((2, 14)))
+    def __init__(self, length: int = 50):
+        self.length = length
+
+    def infer(self, obs: dict) -> dict:
+        return {"actions": np.tile(np.asarray(obs["state"], np.float32), (self.length, 1))}
+
+
+def test_episodes_run_through_the_broker_and_render_only_for_requests(monkeypatch, tmp_path):
+    """eval-sim executes chunks with serve's ActionBroker (the path a robot runs): requests at
+    the broker's ticks, cameras rendered for those ticks only, and a short chunk named."""
+    from lingvla.serve import broker as broker_module
+    from lingvla.sim.env import make_env
+
+    monkeypatch.chdir(tmp_path)
+    made = []
+    original = broker_module.ActionBroker.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(broker_module.ActionBroker, "__init__", spy)
+    env = make_env("transfer_cube", image_size=RENDER, max_steps=45)
+    renders = []
+    step = env.step
+
+    def counting_step(action, render=True):
+        renders.append(render)
+        return step(action, render=render)
+
+    env.step = counting_step
+    policy = Counting()
+    try:
+        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45)
+        assert made[-1]["mode"] == "chunk" and made[-1]["execute_horizon"] == 20
+        assert result.inferences == 3  # ticks 0, 20, 40
+        # rendered after steps 20 and 40 only (the reset renders tick 0)
+        assert [i + 1 for i, r in enumerate(renders) if r] == [20, 40]
+        ensembled, _ = evaluate_module.run_episode(Counting(), env, SEED, 10, ensemble_decay=0.01, max_steps=45)
+        assert made[-1]["mode"] == "ensemble" and made[-1]["ensemble_decay"] == 0.01
+        assert ensembled.inferences == 5
+        with pytest.raises(CheckpointMismatchError, match="a chunk of 15 actions cannot cover 20 steps"):
+            evaluate_module.run_episode(Counting(length=15), env, SEED, 20, max_steps=45)
+    finally:
+        env.close()
 
 
 class Recording:
@@ -147,30 +179,6 @@ def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkey
         np.testing.assert_array_equal(prefix, before[20:])  # 30 unexecuted actions
         np.testing.assert_array_equal(chunk[:3], before[20:23])
         assert not np.allclose(chunk[3:30], before[23:])  # the rest of the overlap is sampled, not copied
-
-
-def test_chunk_executor_keeps_the_unexecuted_actions():
-    ex = ChunkExecutor(actions_per_chunk=2)
-    assert ex.unexecuted(0) is None
-    chunk = np.arange(5)[:, None] * np.ones((5, 14))
-    ex.add(0, chunk)
-    ex.action(0), ex.action(1)
-    np.testing.assert_array_equal(ex.unexecuted(2), chunk[2:])
-
-
-def _edit_embodiment(checkpoint, edit) -> None:
-    path = checkpoint / "embodiments.yaml"
-    specs = yaml.safe_load(path.read_text())
-    edit(specs["aloha"])
-    path.write_text(yaml.safe_dump(specs, sort_keys=False))
-
-
-@pytest.fixture
-def no_rollouts(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a rollout started")
-
-    monkeypatch.setattr(evaluate_module, "run_episode", forbidden)
 
 
 def test_a_checkpoint_with_another_action_width_is_refused(tmp_path, no_rollouts, capsys):

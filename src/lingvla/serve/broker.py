@@ -179,11 +179,23 @@ class ActionBroker:
         return [c for c in self._chunks if c.start <= self.tick < c.start + self.chunk_size]
 
     # ---------------------------------------------------------------------------------- act
-    def act(self, obs) -> np.ndarray:
-        """The action for this control tick (robot units, float32 [dim])."""
+    def _resolve_due(self) -> None:
         if self._pending is not None and self._pending.available <= self.tick:
             self._resolve(self._pending)
             self._pending = None
+
+    def needs_observation(self) -> bool:
+        """Whether this tick's act() sends its observation to the source. A caller that pays for
+        observations (a simulator rendering cameras) may pass None to act() when it does not."""
+        self._resolve_due()
+        return not self._covering() or (self.tick >= self._next_request and self._pending is None)
+
+    def act(self, obs) -> np.ndarray:
+        """The action for this control tick (robot units, float32 [dim]). `obs` may be None on
+        ticks that do not need it (`needs_observation()`)."""
+        if obs is None and self.needs_observation():
+            raise ValueError(f"tick {self.tick} requests a chunk: act() needs the observation")
+        self._resolve_due()
         if not self._covering():
             # Start of an episode (or a gap): nothing to execute, so wait for a chunk now.
             self._resolve(self._request(obs, 0))

@@ -237,49 +237,6 @@ def check_chunk(actions, where: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ rollouts
 
-class ChunkExecutor:
-    """Turns chunks into one action per step: the first `actions_per_chunk` of each chunk, or
-    (ensemble_decay set) the ACT-weighted mean of every chunk that covers the step."""
-
-    def __init__(self, actions_per_chunk: int, ensemble_decay: float | None = None):
-        self.every = actions_per_chunk
-        self.decay = ensemble_decay
-        self.chunks: deque = deque()  # (start step, chunk)
-        self.queue: deque = deque()
-        self.last: tuple[int, np.ndarray] | None = None  # the latest chunk and its start step
-
-    def unexecuted(self, step: int) -> np.ndarray | None:
-        """The latest chunk's actions from `step` on (what real-time chunking continues)."""
-        if self.last is None:
-            return None
-        start, chunk = self.last
-        return chunk[step - start:]
-
-    def needs_chunk(self, step: int) -> bool:
-        if self.decay is None:
-            return not self.queue
-        return step % self.every == 0
-
-    def add(self, step: int, chunk: np.ndarray) -> None:
-        if len(chunk) < self.every:
-            raise CheckpointMismatchError(f"a chunk of {len(chunk)} actions cannot cover "
-                                          f"{self.every} steps between inferences")
-        self.last = (step, chunk)
-        if self.decay is None:
-            self.queue.extend(chunk[:self.every])
-        else:
-            self.chunks.append((step, chunk))
-
-    def action(self, step: int) -> np.ndarray:
-        if self.decay is None:
-            return self.queue.popleft()
-        while self.chunks and self.chunks[0][0] + len(self.chunks[0][1]) <= step:
-            self.chunks.popleft()
-        rows = np.stack([chunk[step - start] for start, chunk in self.chunks])
-        weights = np.exp(-self.decay * np.arange(len(rows)))
-        return (weights[:, None] * rows).sum(0) / weights.sum()
-
-
 def tile_cameras(images: dict, cameras: Sequence[str] = CAMERAS) -> np.ndarray:
     """The cameras side by side, scaled up by an integer factor when small -> uint8 [H, W, 3]."""
     row = np.concatenate([images[cam] for cam in cameras], axis=1)
@@ -314,30 +271,44 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
     meanwhile."""
     import torch
 
+    from lingvla.serve.broker import ActionBroker
+
     torch.manual_seed(seed)  # the flow-matching noise of this episode
     if hasattr(policy, "reset"):
         policy.reset()
     start = time.perf_counter()
-    executor = ChunkExecutor(actions_per_chunk, ensemble_decay)
+    timing = {"infer_s": 0.0, "inferences": 0}
+
+    def source(observation, prefix_actions=None, prefix_delay=0):
+        t0 = time.perf_counter()
+        if prefix_actions is None:
+            out = policy.infer(observation)
+        else:
+            out = policy.infer(observation, prefix_actions=prefix_actions, prefix_delay=prefix_delay, rtc=rtc)
+        timing["infer_s"] += time.perf_counter() - t0
+        timing["inferences"] += 1
+        chunk = check_chunk(out["actions"], f"episode seed {seed}, step {broker.tick}")
+        if len(chunk) < actions_per_chunk + rtc_delay:
+            raise CheckpointMismatchError(f"a chunk of {len(chunk)} actions cannot cover "
+                                          f"{actions_per_chunk + rtc_delay} steps between inferences")
+        return chunk
+
+    # The path a robot runs: the broker turns chunks into one action per tick. The simulator waits
+    # for each chunk (a real robot keeps moving: docs/serve.md), so with rtc the broker executes
+    # the previous chunk's next rtc_delay actions, exactly the ones the new chunk starts with.
+    mode = "ensemble" if ensemble_decay is not None else "rtc" if rtc is not None else "chunk"
+    broker = ActionBroker(source, mode=mode, execute_horizon=actions_per_chunk, delay=rtc_delay,
+                          ensemble_decay=ensemble_decay if ensemble_decay is not None else 0.0)
     obs = env.reset(seed)
     frames = [tile_cameras(obs["images"], env.cameras)] if record else []
     prompt = env.prompt
-    infer_s, inferences, max_reward, first_success, step = 0.0, 0, 0, None, 0
+    max_reward, first_success, step = 0, None, 0
     while step < max_steps:
-        if executor.needs_chunk(step):
-            t0 = time.perf_counter()
-            observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt}
-            prefix = executor.unexecuted(step) if rtc is not None else None
-            if prefix is None:
-                out = policy.infer(observation)
-            else:
-                out = policy.infer(observation, prefix_actions=prefix, prefix_delay=rtc_delay, rtc=rtc)
-            infer_s += time.perf_counter() - t0
-            inferences += 1
-            executor.add(step, check_chunk(out["actions"], f"episode seed {seed}, step {step}"))
-        action = executor.action(step)
+        observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt} \
+            if broker.needs_observation() else None
+        action = broker.act(observation)
         step += 1
-        render = record or (step < max_steps and executor.needs_chunk(step))
+        render = record or (step < max_steps and broker.needs_observation())
         obs, reward, done, info = env.step(action, render=render)
         if on_step is not None:
             on_step(step, env)
@@ -348,6 +319,7 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
             first_success = step
         if done:
             break
+    inferences, infer_s = timing["inferences"], timing["infer_s"]
     result = EpisodeResult(seed=seed, success=first_success is not None, max_reward=int(max_reward),
                            progress=max_reward / MAX_REWARD, steps=step, first_success_step=first_success,
                            inferences=inferences, infer_ms=1000 * infer_s / max(inferences, 1),
