@@ -90,9 +90,15 @@ def test_camera_names_layouts_and_missing_cameras(policy):
                                 "right_wrist": obs["images"]["right_wrist"].transpose(2, 0, 1)})
     np.testing.assert_array_equal(policy.infer(renamed, noise=noise())["actions"], ref)
     partial = dict(obs, images={"top": obs["images"]["top"]})
-    batch = policy.batch_from_obs(partial)
-    assert batch["image_mask"].tolist() == [[True, False, False]]
-    assert not np.allclose(policy.infer(partial, noise=noise())["actions"], ref)
+    with pytest.raises(ObservationError, match=r"lacks camera\(s\) \['left_wrist', 'right_wrist'\]"):
+        policy.infer(partial)
+    policy.allow_missing_cameras = True  # explicitly: serve with the slots masked out
+    try:
+        batch = policy.batch_from_obs(partial)
+        assert batch["image_mask"].tolist() == [[True, False, False]]
+        assert not np.allclose(policy.infer(partial, noise=noise())["actions"], ref)
+    finally:
+        policy.allow_missing_cameras = False
     meta = policy.metadata
     assert meta["action_dim"] == 14 and meta["action_horizon"] == 50
     assert "top" in meta["cameras"]["head"]

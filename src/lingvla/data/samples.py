@@ -24,12 +24,14 @@ and on request (lingvla.data.depth)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from lingvla.data.depth import DepthCache, decode_depth, depth_key, require_depth_features, resize_depth
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodiment
-from lingvla.data.errors import BadSampleError, NonFiniteValueError
+from lingvla.data.errors import BadSampleError, DatasetFormatError, EmbodimentMismatchError, NonFiniteValueError
 from lingvla.data.lerobot import INDEX_FEATURES, LeRobotDataset
 from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
 
@@ -90,6 +92,8 @@ class RobotDataset(torch.utils.data.Dataset):
         self.dim_mask = torch.from_numpy(self.embodiment.dim_mask(self.action_dim))
         available = set(self.source.video_keys) | set(self.source.image_keys)
         self.camera_keys = [self.embodiment.camera_key(slot, available) for slot in self.camera_slots]
+        check_camera_mapping(self.source, self.embodiment, self.camera_slots, self.camera_keys, available)
+        check_tasks(self.source)
         self.depth = bool(depth)
         if self.depth:
             require_depth_features(self.source, self.camera_keys)
@@ -218,7 +222,10 @@ class RobotDataset(torch.utils.data.Dataset):
         task_index = int(columns["task_index"][first + frame, 0]) if "task_index" in columns else None
         prompt = src.tasks.get(task_index) if task_index is not None else None
         if prompt is None:
-            prompt = episode.tasks[0] if episode.tasks else ""
+            if not episode.tasks:
+                raise BadSampleError(f"{src.root} episode {episode.index} frame {frame}: task_index "
+                                     f"{task_index} names no task, and the episode lists none")
+            prompt = episode.tasks[0]
         extra = {}
         if self.depth:
             depth = np.zeros((len(self.camera_slots), self.image_size, self.image_size), dtype=np.float32)
@@ -244,6 +251,33 @@ class RobotDataset(torch.utils.data.Dataset):
             "embodiment": emb.name,
             **extra,
         }
+
+
+def check_camera_mapping(source, embodiment: Embodiment, slots, keys, available) -> None:
+    """A dataset whose cameras the embodiment does not name would train on black images: an error
+    when no camera maps, a warning when some of the dataset's cameras feed no slot while a slot that
+    expects a camera gets none (probably a name to add to the embodiment's `cameras`)."""
+    expected = {slot: list(embodiment.cameras.get(slot) or []) for slot in slots}
+    used = {k for k in keys if k is not None}
+    if available and not used:
+        raise EmbodimentMismatchError(
+            f"dataset {source.root}: none of its cameras {sorted(available)} is one embodiment "
+            f"{embodiment.name!r} names for the model's camera slots {expected}; every image would be "
+            "black. Add the dataset's camera keys to the embodiment's `cameras` (docs/data.md)")
+    unused = sorted(set(available) - used)
+    empty = [slot for slot, key in zip(slots, keys) if key is None and expected[slot]]
+    if unused and empty:
+        warnings.warn(f"dataset {source.root}: cameras {unused} feed no slot while slots {empty} "
+                      f"(expecting {[expected[s] for s in empty]}) get black images; add the names to "
+                      f"embodiment {embodiment.name!r}'s `cameras` if they are the same views", stacklevel=3)
+
+
+def check_tasks(source) -> None:
+    """Every sample needs its prompt: a dataset without task strings is refused, not trained on an
+    empty prompt."""
+    if not source.tasks and not any(e.tasks for e in source.episodes):
+        raise DatasetFormatError(f"dataset {source.root} has no task strings (meta/tasks.parquet, or "
+                                 "the episodes' tasks): every prompt would be empty")
 
 
 def _available_memory() -> int | None:

@@ -32,6 +32,8 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
                    help="with --cuda-graphs: torch.compile the layers before capturing the graph and "
                         "fuse the expert's matmuls (slower start, faster chunks; BENCHMARKS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--allow-missing-cameras", action="store_true",
+                   help="serve observations that lack a camera, its slot masked out (default: an error naming it)")
     p.set_defaults(func=serve)
 
     b = bench.add_parser("serve", help="ms per chunk through Policy.infer and through the server (loopback)")
@@ -92,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=device, dtype=dtype,
                                     num_steps=args.num_steps, graphed=args.cuda_graphs,
-                                    compile_layers=args.compile)
+                                    compile_layers=args.compile, allow_missing_cameras=args.allow_missing_cameras)
     if args.cuda_graphs:  # capture (and compile) now, not on the first robot's request
         logging.getLogger("lingvla.serve").info("warm-up chunk (CUDA graph%s): %.1f s",
                                                 " + compile" if args.compile else "", policy.warmup())

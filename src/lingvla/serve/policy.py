@@ -31,8 +31,12 @@ class ObservationError(ValueError):
 
 class Policy:
     def __init__(self, model: LingVLA, normalizer: Normalizer, embodiment: Embodiment,
-                 num_steps: int | None = None, graphed: bool = False, compile_layers: bool = False):
-        """graphed: sample through lingvla.model.graphed.GraphedSampler, one CUDA graph per chunk
+                 num_steps: int | None = None, graphed: bool = False, compile_layers: bool = False,
+                 allow_missing_cameras: bool = False):
+        """allow_missing_cameras: serve an observation that lacks one of the embodiment's cameras,
+        its slot masked out (as in training on data without that camera); by default such an
+        observation is an ObservationError naming the camera, not a silent change of input.
+        graphed: sample through lingvla.model.graphed.GraphedSampler, one CUDA graph per chunk
         on a GPU (5.4x faster than eager for the 4B model on an H200, BENCHMARKS.md); on CPU the
         same buffer path runs eagerly. It switches the model to the sdpa attention backend (same
         numbers as flex, tested). RTC requests keep the eager sampler (they need gradients).
@@ -45,6 +49,7 @@ class Policy:
         self.embodiment = embodiment
         self.config = model.config
         self.num_steps = num_steps or self.config.num_steps
+        self.allow_missing_cameras = bool(allow_missing_cameras)
         self.sampler = None
         if graphed:
             from lingvla.model.graphed import GraphedSampler
@@ -70,7 +75,7 @@ class Policy:
     def from_checkpoint(cls, directory: str | Path, *, embodiment: str | None = None,
                         device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                         num_steps: int | None = None, graphed: bool = False,
-                        compile_layers: bool = False) -> "Policy":
+                        compile_layers: bool = False, allow_missing_cameras: bool = False) -> "Policy":
         """Load an inference directory (model.safetensors, config.yaml, norm_stats.json,
         embodiments.yaml). `embodiment` picks the robot when the checkpoint knows several."""
         from lingvla import checkpoint_dir
@@ -88,7 +93,8 @@ class Policy:
         normalizer = Normalizer.from_file(files.norm_stats_path, embodiment, mode=files.normalization,
                                           state_dim=emb.state_dim, action_dim=emb.action_dim)
         model = LingVLA.from_pretrained(directory, device=device, dtype=dtype)
-        return cls(model, normalizer, emb, num_steps=num_steps, graphed=graphed, compile_layers=compile_layers)
+        return cls(model, normalizer, emb, num_steps=num_steps, graphed=graphed, compile_layers=compile_layers,
+                   allow_missing_cameras=allow_missing_cameras)
 
     @property
     def metadata(self) -> dict:
@@ -141,6 +147,13 @@ class Policy:
                 raise ObservationError(f"camera {name!r} fills slot {self.slots[slot]!r}, already given")
             pixels[0, slot] = self._image(name, value)
             image_mask[0, slot] = True
+        if not self.allow_missing_cameras:
+            lacking = [s for i, s in enumerate(self.slots) if not image_mask[0, i] and self.embodiment.cameras.get(s)]
+            if lacking:
+                raise ObservationError(f"observation lacks camera(s) {lacking} (names accepted: "
+                                       f"{ {s: self.embodiment.cameras[s] for s in lacking} }); this policy "
+                                       "was trained with them. Send every camera, or load the policy with "
+                                       "allow_missing_cameras=True to serve with the slot masked out")
         state = np.asarray(obs["state"])
         if state.dtype.kind not in "fiu":
             raise ObservationError(f"state must be numeric; got dtype {state.dtype}")
