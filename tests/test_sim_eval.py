@@ -181,6 +181,21 @@ def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkey
         assert not np.allclose(chunk[3:30], before[23:])  # the rest of the overlap is sampled, not copied
 
 
+def _edit_embodiment(checkpoint, edit) -> None:
+    path = checkpoint / "embodiments.yaml"
+    specs = yaml.safe_load(path.read_text())
+    edit(specs["aloha"])
+    path.write_text(yaml.safe_dump(specs, sort_keys=False))
+
+
+@pytest.fixture
+def no_rollouts(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a rollout started")
+
+    monkeypatch.setattr(evaluate_module, "run_episode", forbidden)
+
+
 def test_a_checkpoint_with_another_action_width_is_refused(tmp_path, no_rollouts, capsys):
     ckpt = make_tiny_checkpoint(tmp_path / "franka", image_size=SIZE, embodiment="bimanual_franka")
     with pytest.raises(CheckpointMismatchError, match="action_dim=16.*needs 14"):
