@@ -51,7 +51,8 @@ def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodime
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     checkpoint_dir.write(directory, state, model.config, model.prompt_tokenizer.tokenizer,
                          norm_stats=norm_stats, embodiments={embodiment: emb.to_spec()},
-                         normalization="quantile")
+                         normalization="quantile",
+                         train_info={"train_config": {"data": {"normalization": "quantile"}}})
     return directory
 
 

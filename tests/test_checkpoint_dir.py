@@ -15,7 +15,7 @@ def test_policy_directory_round_trip_and_normalization_is_explicit(tmp_path):
     directory = make_tiny_checkpoint(tmp_path / "export")
     names = sorted(p.name for p in directory.iterdir())
     assert names == ["config.yaml", "embodiments.yaml", "model.safetensors", "norm_stats.json", "policy.json",
-                     "tokenizer"]
+                     "tokenizer", "train_info.json"]
     assert json.loads((directory / "policy.json").read_text()) == {"normalization": "quantile"}
     assert Policy.from_checkpoint(directory).normalizer.mode == "quantile"
     # mean/std said by policy.json, whatever the (human-facing) training info says
