@@ -88,3 +88,17 @@ class HoldStill:
 
     def infer(self, obs: dict) -> dict:
         return {"actions": np.tile(np.asarray(obs["state"], np.float32), (50, 1))}
+
+
+def run_sim_cli(argv: list[str]) -> int:
+    """Run a `lingvla` sim command (gen-demos, eval-sim, ...) in this process; its return code."""
+    import argparse
+
+    from lingvla.sim import commands
+
+    parser = argparse.ArgumentParser()
+    subcommands = parser.add_subparsers()
+    bench = subcommands.add_parser("bench").add_subparsers()
+    commands.add_commands(subcommands, bench)
+    args = parser.parse_args(argv)
+    return args.func(args)

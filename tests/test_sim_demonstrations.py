@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
-from lingvla.sim import commands  # noqa: E402
+from conftest import run_sim_cli  # noqa: E402
 from lingvla.sim.demonstrations import ARM_JOINT_INDICES, generate_demo, iter_demos  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
 from lingvla.sim.tasks import CAMERAS, JOINT_NAMES, LEFT_GRIPPER, RIGHT_GRIPPER  # noqa: E402
@@ -19,20 +18,11 @@ from lingvla.sim.tasks import CAMERAS, JOINT_NAMES, LEFT_GRIPPER, RIGHT_GRIPPER 
 SIZE = 32
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    subcommands = parser.add_subparsers()
-    bench = subcommands.add_parser("bench").add_subparsers()
-    commands.add_commands(subcommands, bench)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 def test_gen_demos_writes_a_lerobot_dataset(tmp_path, capsys):
     from lingvla.data.lerobot import LeRobotDataset
 
     out = tmp_path / "demos"
-    assert run_cli(["gen-demos", "--task", "transfer_cube", "--episodes", "2", "--out", str(out),
+    assert run_sim_cli(["gen-demos", "--task", "transfer_cube", "--episodes", "2", "--out", str(out),
                     "--image-size", str(SIZE), "--seed-start", "40", "--workers", "2",
                     "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -92,7 +82,7 @@ def test_workers_keep_seed_order_and_results():
 def test_demos_refuse_evaluation_seeds(tmp_path, capsys):
     with pytest.raises(SeedRangeError):
         generate_demo("transfer_cube", EVAL_SEED_START, image_size=16, steps=5)
-    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"),
+    assert run_sim_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"),
                     "--seed-start", str(EVAL_SEED_START), "--workers", "1", "--no-progress"]) == 2
     assert "evaluation" in capsys.readouterr().err.lower()
 
@@ -147,7 +137,7 @@ def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_
     assert not np.array_equal(noisy.images["top"][50], clean.images["top"][50])
 
     out = tmp_path / "noisy"
-    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(out), "--noise", "0.2",
+    assert run_sim_cli(["gen-demos", "--episodes", "1", "--out", str(out), "--noise", "0.2",
                     "--seed-start", "1000", "--image-size", "16", "--workers", "1",
                     "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -156,7 +146,7 @@ def test_corrective_demo_records_the_scripted_actions_from_perturbed_states(tmp_
     np.testing.assert_allclose(episode["observation.state"], noisy.states)
     np.testing.assert_allclose(episode["action"], clean.actions)
     # A bad scale is refused before anything is written.
-    assert run_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"), "--noise", "-1",
+    assert run_sim_cli(["gen-demos", "--episodes", "1", "--out", str(tmp_path / "x"), "--noise", "-1",
                     "--workers", "1", "--no-progress"]) == 2
     assert "noise scale" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

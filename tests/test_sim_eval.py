@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,23 +11,14 @@ import yaml
 pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
-from conftest import HoldStill, ReplayPolicy, make_tiny_checkpoint  # noqa: E402
-from lingvla.sim import commands, evaluate as evaluate_module  # noqa: E402
+from conftest import HoldStill, ReplayPolicy, make_tiny_checkpoint, run_sim_cli  # noqa: E402
+from lingvla.sim import evaluate as evaluate_module  # noqa: E402
 from lingvla.sim.evaluate import CheckpointMismatchError, evaluate  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
 
 SIZE = 56  # the tiny checkpoint's input size (a multiple of 28)
 RENDER = 32  # test doubles have no image size: render small
 SEED = EVAL_SEED_START + 7
-
-
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    subcommands = parser.add_subparsers()
-    bench = subcommands.add_parser("bench").add_subparsers()
-    commands.add_commands(subcommands, bench)
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # MuJoCo logs an unstable random policy to ./MUJOCO_LOG.TXT
     out = tmp_path / "report"
-    assert run_cli(["eval-sim", str(checkpoint), "--task", "transfer_cube", "--episodes", "2",
+    assert run_sim_cli(["eval-sim", str(checkpoint), "--task", "transfer_cube", "--episodes", "2",
                     "--seed", str(SEED), "--actions-per-chunk", "20", "--max-steps", "45",
                     "--videos", "1", "--out", str(out), "--no-progress", "--num-steps", "3"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -200,7 +190,7 @@ def test_a_checkpoint_with_another_action_width_is_refused(tmp_path, no_rollouts
     ckpt = make_tiny_checkpoint(tmp_path / "franka", image_size=SIZE, embodiment="bimanual_franka")
     with pytest.raises(CheckpointMismatchError, match="action_dim=16.*needs 14"):
         evaluate(ckpt, "transfer_cube", 1, seed=SEED, progress=False)
-    assert run_cli(["eval-sim", str(ckpt), "--episodes", "1", "--out", str(tmp_path / "r"),
+    assert run_sim_cli(["eval-sim", str(ckpt), "--episodes", "1", "--out", str(tmp_path / "r"),
                     "--no-progress"]) == 2
     assert "action_dim=16" in capsys.readouterr().err
     assert not (tmp_path / "r" / "results.json").exists()
