@@ -303,12 +303,13 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
     frames = [tile_cameras(obs["images"], env.cameras)] if record else []
     prompt = env.prompt
     max_reward, first_success, step = 0, None, 0
+    needed = broker.needs_observation()  # whether this tick's observation (its render) is sent
     while step < max_steps:
-        observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt} \
-            if broker.needs_observation() else None
+        observation = {"images": obs["images"], "state": obs["state"], "prompt": prompt} if needed else None
         action = broker.act(observation)
         step += 1
-        render = record or (step < max_steps and broker.needs_observation())
+        needed = step < max_steps and broker.needs_observation()
+        render = record or needed
         obs, reward, done, info = env.step(action, render=render)
         if on_step is not None:
             on_step(step, env)
