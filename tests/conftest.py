@@ -31,28 +31,11 @@ def model():
 def make_tiny_checkpoint(directory, image_size=TEST_IMAGE_SIZE, seed=0, embodiment="aloha", num_cameras=3):
     """An inference directory exactly as training exports it, with a random tiny model and
     made-up (but valid) normalization stats."""
-    import numpy as np
-
-    from lingvla.data.embodiments import get_embodiment
     from lingvla import checkpoint_dir
 
-    model = tiny_model(seed, image_size=image_size, num_cameras=num_cameras)
-    emb = get_embodiment(embodiment)
-    rng = np.random.default_rng(seed)
-
-    def stats(dim):
-        lo = rng.uniform(-2.0, -0.5, dim)
-        hi = rng.uniform(0.5, 2.0, dim)
-        return {"q01": lo.tolist(), "q99": hi.tolist(), "mean": ((lo + hi) / 2).tolist(),
-                "std": ((hi - lo) / 4).tolist(), "min": (lo - 0.1).tolist(), "max": (hi + 0.1).tolist()}
-
-    norm_stats = {"norm_stats": {embodiment: {"state": stats(emb.state_dim), "action": stats(emb.action_dim)}},
-                  "count": 1000}
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    checkpoint_dir.write(directory, state, model.config, model.prompt_tokenizer.tokenizer,
-                         norm_stats=norm_stats, embodiments={embodiment: emb.to_spec()},
-                         normalization="quantile",
-                         train_info={"train_config": {"data": {"normalization": "quantile"}}})
+    checkpoint_dir.write_random(directory, tiny_config(image_size=image_size, num_cameras=num_cameras), seed=seed,
+                                embodiment=embodiment, stats="random",
+                                train_info={"train_config": {"data": {"normalization": "quantile"}}})
     return directory
 
 
@@ -92,13 +75,6 @@ class HoldStill:
 
 def run_sim_cli(argv: list[str]) -> int:
     """Run a `lingvla` sim command (gen-demos, eval-sim, ...) in this process; its return code."""
-    import argparse
+    from lingvla.cli import main
 
-    from lingvla.sim import commands
-
-    parser = argparse.ArgumentParser()
-    subcommands = parser.add_subparsers()
-    bench = subcommands.add_parser("bench").add_subparsers()
-    commands.add_commands(subcommands, bench)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)

@@ -137,3 +137,36 @@ def read_train_info(directory: str | Path) -> dict | None:
     """train_info.json of a directory, or None when it has none."""
     path = Path(directory) / TRAIN_INFO_NAME
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_random(out_dir: str | Path, model_config, *, seed: int = 0, embodiment: str = "aloha",
+                 stats: str = "identity", train_info: dict | None = None) -> Path:
+    """A policy directory holding a randomly initialised model (seeded), for tests and benchmarks.
+    stats "identity": q01 = -1, q99 = 1, mean 0, std 1 (robot units = normalized units);
+    "random": made-up but valid ranges drawn from the seed."""
+    import numpy as np
+
+    from lingvla.data.embodiments import get_embodiment
+    from lingvla.model.lingvla import LingVLA
+
+    if stats not in ("identity", "random"):
+        raise ValueError(f"stats={stats!r}; expected identity or random")
+    torch.manual_seed(seed)
+    model = LingVLA(model_config).eval()
+    emb = get_embodiment(embodiment)
+    rng = np.random.default_rng(seed)
+
+    def ranges(dim):
+        if stats == "identity":
+            lo, hi = -np.ones(dim), np.ones(dim)
+            return {"q01": lo.tolist(), "q99": hi.tolist(), "mean": (0 * lo).tolist(), "std": hi.tolist(),
+                    "min": lo.tolist(), "max": hi.tolist()}
+        lo, hi = rng.uniform(-2.0, -0.5, dim), rng.uniform(0.5, 2.0, dim)
+        return {"q01": lo.tolist(), "q99": hi.tolist(), "mean": ((lo + hi) / 2).tolist(),
+                "std": ((hi - lo) / 4).tolist(), "min": (lo - 0.1).tolist(), "max": (hi + 0.1).tolist()}
+
+    norm_stats = {"norm_stats": {embodiment: {"state": ranges(emb.state_dim), "action": ranges(emb.action_dim)}},
+                  "count": 1000}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return write(out_dir, state, model.config, model.prompt_tokenizer.tokenizer, norm_stats=norm_stats,
+                 embodiments={embodiment: emb.to_spec()}, normalization="quantile", train_info=train_info)

@@ -18,31 +18,14 @@ def random_checkpoint(directory, preset: str = "tiny", image_size: int | None = 
                       embodiment: str = "aloha") -> Path:
     """An inference directory holding a randomly initialised model and identity-like
     normalization stats (robot units = normalized units), for benchmarks."""
-    import torch
-
-    from lingvla.config import preset as make_config
-    from lingvla.data.embodiments import get_embodiment
-    from lingvla.model.lingvla import LingVLA
     from lingvla import checkpoint_dir
+    from lingvla.config import preset as make_config
 
     overrides = {"image_size": image_size} if image_size else {}
     if preset == "tiny":
         overrides["tokenizer"] = "tiny"
-    torch.manual_seed(seed)
-    model = LingVLA(make_config(preset, **overrides)).eval()
-    emb = get_embodiment(embodiment)
-
-    def stats(dim):
-        ones = np.ones(dim)
-        return {"q01": (-ones).tolist(), "q99": ones.tolist(), "mean": (0 * ones).tolist(),
-                "std": ones.tolist(), "min": (-ones).tolist(), "max": ones.tolist()}
-
-    norm_stats = {"norm_stats": {embodiment: {"state": stats(emb.state_dim), "action": stats(emb.action_dim)}},
-                  "count": 1}
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return checkpoint_dir.write(directory, state, model.config, model.prompt_tokenizer.tokenizer,
-                                norm_stats=norm_stats, embodiments={embodiment: emb.to_spec()},
-                                normalization="quantile")
+    return checkpoint_dir.write_random(directory, make_config(preset, **overrides), seed=seed,
+                                       embodiment=embodiment, stats="identity")
 
 
 def observation(policy, seed: int = 0, camera_size: tuple[int, int] | None = None) -> dict:

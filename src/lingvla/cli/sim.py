@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .seeds import EVAL_SEED_START
-from .tasks import CAMERAS
+from lingvla.sim.seeds import EVAL_SEED_START
+from lingvla.sim.tasks import CAMERAS
 
 TASK_NAMES = ("transfer_cube", "insertion")
 
@@ -113,7 +113,7 @@ def add_commands(commands, bench) -> None:
 def _gen_demos(args: argparse.Namespace) -> int:
     import sys
 
-    from .demonstrations import generate_dataset
+    from lingvla.sim.demonstrations import generate_dataset
 
     try:
         report = generate_dataset(args.out, args.task, args.episodes, seed_start=args.seed_start,
@@ -131,8 +131,8 @@ def _gen_demos(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import sys
 
-    from .demo import DEMO_EPISODES, DEMO_EVAL_EPISODES, run_demo
-    from .seeds import EVAL_SEED_START
+    from lingvla.sim.demo import DEMO_EPISODES, DEMO_EVAL_EPISODES, run_demo
+    from lingvla.sim.seeds import EVAL_SEED_START
 
     try:
         result = run_demo(args.out, args.minutes, task=args.task, episodes=args.episodes or DEMO_EPISODES,
@@ -157,8 +157,8 @@ def _eval_sim(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from .evaluate import CheckpointMismatchError, evaluate
-    from .seeds import SeedRangeError
+    from lingvla.sim.evaluate import CheckpointMismatchError, evaluate
+    from lingvla.sim.seeds import SeedRangeError
 
     out = args.out or str(Path(args.checkpoint).resolve().parent / f"eval_{args.task}")
     try:
@@ -179,8 +179,8 @@ def _bench_sim(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from .env import make_env
-    from .scripted import record_joint_actions
+    from lingvla.sim.env import make_env
+    from lingvla.sim.scripted import record_joint_actions
 
     # Realistic motion: the scripted episode of seed 0, replayed in joint space.
     actions = record_joint_actions(args.task, 0).actions

@@ -1,6 +1,7 @@
-"""`lingvla <command>`: one entry point; each area of the package registers its own commands.
+"""`lingvla <command>`: the one entry point of every command.
 
-Each module in COMMAND_MODULES defines `add_commands(commands, bench)`, where `commands` is the
+The command-line code lives in this package, one module per area (lingvla/cli/model.py, train.py,
+data.py, sim.py, serve.py); each defines `add_commands(commands, bench)`, where `commands` is the
 top-level subparsers object and `bench` the subparsers of `lingvla bench`. A parser sets
 `func=callable(args) -> int | None`. Modules keep heavy imports inside their functions so that
 `lingvla --help` stays fast.
@@ -10,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 COMMAND_MODULES = (
-    "lingvla.model.commands",
-    "lingvla.train.commands",
-    "lingvla.data.commands",
-    "lingvla.sim.commands",
-    "lingvla.serve.commands",
+    "lingvla.cli.model",
+    "lingvla.cli.train",
+    "lingvla.cli.data",
+    "lingvla.cli.sim",
+    "lingvla.cli.serve",
 )
 
 
@@ -40,6 +40,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return int(args.func(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
