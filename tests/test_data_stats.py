@@ -142,3 +142,33 @@ def test_pad_and_cut_helpers():
     assert torch.equal(cut_from_unified(t, 3), torch.from_numpy(x))
     with pytest.raises(ValueError, match="do not fit"):
         pad_to_unified(x, 2)
+
+
+def test_released_split_layout_joins_arm_and_effector_and_matches_the_released_formula():
+    """RoboTwin's released stats split the 14-D vector: arm (12) and effector (2) per key; joined
+    they normalize as the released deploy code does: (x - q01) / (q99 - q01 + 1e-6) * 2 - 1."""
+    rng = np.random.default_rng(3)
+
+    def part(n):
+        q01 = rng.uniform(-2, 0, n)
+        q99 = q01 + rng.uniform(0.5, 2, n)
+        return {"mean": ((q01 + q99) / 2).tolist(), "std": rng.uniform(0.1, 1, n).tolist(),
+                "q01": q01.tolist(), "q99": q99.tolist(), "q02": q01.tolist(), "q98": q99.tolist()}
+
+    parts = {f"{p}.{b}.position": part(12 if b == "arm" else 2)
+             for p in ("observation.state", "action") for b in ("arm", "effector")}
+    data = {"norm_stats": parts, "count": 1000}
+    norm = Normalizer.from_file(data, "aloha", mode="quantile")
+    arm, eff = parts["action.arm.position"], parts["action.effector.position"]
+    q01 = np.array(arm["q01"][:6] + eff["q01"][:1] + arm["q01"][6:] + eff["q01"][1:])
+    q99 = np.array(arm["q99"][:6] + eff["q99"][:1] + arm["q99"][6:] + eff["q99"][1:])
+    x = rng.uniform(-3, 3, (4, 14))
+    released = (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
+    np.testing.assert_allclose(norm.normalize_action(x), released, rtol=1e-5, atol=1e-5)
+    s_arm = parts["observation.state.arm.position"]
+    assert norm.center["state"][6] == pytest.approx(
+        (parts["observation.state.effector.position"]["q01"][0] + parts["observation.state.effector.position"]["q99"][0]) / 2)
+    assert norm.center["state"][7] == pytest.approx((s_arm["q01"][6] + s_arm["q99"][6]) / 2)
+    del parts["action.effector.position"]
+    with pytest.raises(MissingStatsError, match="'action.arm.position' but not 'action.effector.position'"):
+        Normalizer.from_file(data, "aloha")

@@ -17,6 +17,10 @@ such dims are listed in a warning and in ``Normalizer.floored``.
 Stats files: ours ({"norm_stats": {embodiment: {"state": {...}, "action": {...}}}, ...}, written by
 `lingvla stats`) and the released/OpenPI layout ({"norm_stats": {"state"|"observation.state": {...},
 "action"|"actions": {...}}}), which holds one robot and is used for whichever embodiment is asked.
+The released RoboTwin files split that robot's vector by body part (`observation.state.arm.position`
+with 2n arm joints, `observation.state.effector.position` with 2 grippers; the same under `action.`):
+they are joined in the robot's order, left arm + left gripper + right arm + right gripper
+(arm[:n] + effector[0] + arm[n:] + effector[1]).
 """
 
 from __future__ import annotations
@@ -32,6 +36,36 @@ from lingvla.data.errors import MissingStatsError
 MODES = ("quantile", "mean_std")
 DEFAULT_MIN_SCALE = 1e-3
 KEY_ALIASES = {"state": ("state", "observation.state"), "action": ("action", "actions")}
+SPLIT_SUFFIXES = (".arm.position", ".effector.position")
+
+
+def join_arm_effector(arm: dict, effector: dict, where: str) -> dict:
+    """One robot's stats from the released body-part split: for every per-dim field both parts
+    hold, arm[:n] + effector[0] + arm[n:] + effector[1] (two arms of n joints, two grippers)."""
+    out = {}
+    for field, values in arm.items():
+        if field not in effector or not isinstance(values, list):
+            continue
+        a, e = np.asarray(values, dtype=np.float64), np.asarray(effector[field], dtype=np.float64)
+        if a.ndim != 1 or e.shape != (2,) or len(a) % 2:
+            raise MissingStatsError(f"{where}: {field!r} has {a.shape} arm and {e.shape} effector values; "
+                                    "the split layout needs an even number of arm joints and 2 grippers")
+        n = len(a) // 2
+        out[field] = np.concatenate([a[:n], e[:1], a[n:], e[1:]]).tolist()
+    return out
+
+
+def _split_stats(scope: dict, aliases, where: str) -> dict | None:
+    for prefix in aliases:
+        arm, effector = (scope.get(prefix + suffix) for suffix in SPLIT_SUFFIXES)
+        if arm is None and effector is None:
+            continue
+        if arm is None or effector is None:
+            names = [prefix + suffix for suffix in SPLIT_SUFFIXES]
+            have, lack = names if arm is not None else names[::-1]
+            raise MissingStatsError(f"{where} has {have!r} but not {lack!r}: the split layout needs both")
+        return join_arm_effector(arm, effector, f"{where} {prefix}")
+    return None
 
 
 def _is_torch(x) -> bool:
@@ -96,6 +130,8 @@ def select_stats(data: dict, embodiment: str, source: str = "<dict>") -> dict[st
     out = {}
     for key, aliases in KEY_ALIASES.items():
         found = next((scope[a] for a in aliases if a in scope), None)
+        if found is None:
+            found = _split_stats(scope, aliases, where)
         if found is None:
             raise MissingStatsError(f"{where} has no {key!r} stats (looked for {list(aliases)}; "
                                     f"found {sorted(scope)}) for embodiment {embodiment!r}")
