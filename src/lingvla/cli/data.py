@@ -1,4 +1,5 @@
-"""CLI commands of the data area: `lingvla stats` and `lingvla bench data`."""
+"""CLI commands of the data area: `lingvla stats`, `lingvla embodiment inspect|template` and
+`lingvla bench data`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,25 @@ def add_commands(commands, bench) -> None:
                    help="extra embodiment YAML file or directory (repeatable)")
     p.add_argument("--num-bins", type=int, default=None, help="histogram bins per dim for quantiles")
     p.set_defaults(func=run_stats)
+
+    e = commands.add_parser("embodiment", help="how a dataset maps onto an embodiment; a template for a new one")
+    sub = e.add_subparsers(dest="embodiment_command", metavar="ACTION", required=True)
+    i = sub.add_parser("inspect", help="each dim's column and unified position, each camera slot's key",
+                       description="Show how a LeRobot dataset's columns and cameras map onto an embodiment and "
+                                   "the unified action space; an error when they do not fit, or when no "
+                                   "embodiment is named and the dataset's robot_type names none.")
+    i.add_argument("dataset", metavar="DATASET_DIR")
+    i.add_argument("--embodiment", default=None, help="default: the one whose robot_types hold info.json's robot_type")
+    i.add_argument("--embodiments", action="append", default=[], metavar="PATH",
+                   help="extra embodiment YAML file or directory (repeatable)")
+    i.add_argument("--width", type=int, default=75, help="unified width (model.action_dim: 75 for lingbot-4b)")
+    i.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    i.set_defaults(func=run_embodiment_inspect)
+    t = sub.add_parser("template", help="a YAML embodiment to complete, from a dataset's columns and cameras")
+    t.add_argument("dataset", metavar="DATASET_DIR")
+    t.add_argument("name", help="the new embodiment's name")
+    t.add_argument("--out", default=None, help="write here instead of printing")
+    t.set_defaults(func=run_embodiment_template)
 
     b = bench.add_parser("data", help="loader samples/s (0/1/2 workers) and stats time per million frames")
     b.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
@@ -48,6 +68,39 @@ def run_stats(args: argparse.Namespace) -> int:
     write_norm_stats(out, emb.name, stats)
     print(json.dumps({"out": str(out), "embodiment": emb.name, "count": stats["count"],
                       "state_dim": len(stats["state"]["mean"]), "action_dim": len(stats["action"]["mean"])}))
+    return 0
+
+
+def run_embodiment_inspect(args: argparse.Namespace) -> int:
+    from lingvla.data.embodiments import load_registry
+    from lingvla.data.errors import DataError
+    from lingvla.data.inspect import format_report, inspect_dataset
+
+    try:
+        report = inspect_dataset(args.dataset, args.embodiment, load_registry(args.embodiments), args.width)
+    except (DataError, KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", flush=True)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report), flush=True)
+    return 0
+
+
+def run_embodiment_template(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lingvla.data.errors import DataError
+    from lingvla.data.inspect import template
+
+    try:
+        text = template(args.dataset, args.name)
+    except DataError as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+        print(json.dumps({"out": args.out}), flush=True)
+    else:
+        print(text, end="", flush=True)
     return 0
 
 
