@@ -24,6 +24,12 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--out", default=None, help="default: OUTPUT_DIR/export_step_NNNNNNNN (+ _raw)")
     p.add_argument("--raw", action="store_true",
                    help="the trained weights even when the checkpoint holds an EMA of them (ema_decay)")
+    p.add_argument("--layout", choices=("lingvla", "released"), default="lingvla",
+                   help="released: the released LingBot-VLA layout (safetensors shards + "
+                        "model.safetensors.index.json + config.json) for tools built on the released code")
+    p.add_argument("--drop", nargs="*", default=[], metavar="PREFIX",
+                   help="with --layout released: our tensors to leave out (e.g. depth_: the released depth "
+                        "head differs from ours)")
     p.set_defaults(func=run_export)
 
     p = commands.add_parser(
@@ -86,7 +92,8 @@ def run_export(args: argparse.Namespace) -> int:
     from lingvla.train.loop import export_checkpoint
 
     try:
-        out = export_checkpoint(args.run_dir, args.step, args.out, raw=args.raw)
+        out = export_checkpoint(args.run_dir, args.step, args.out, raw=args.raw, layout=args.layout,
+                                drop=tuple(args.drop))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", flush=True)
         return 2

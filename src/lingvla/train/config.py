@@ -95,6 +95,12 @@ class TrainConfig:
     keep_last: int = 2
     ema_decay: float = 0.0  # > 0: keep an EMA of the weights and export it (lingvla/train/ema.py)
     resume: bool = True  # continue from the newest checkpoint in output_dir when there is one
+    # Start from existing weights (a run that resumes from its own checkpoint ignores it): a lingvla
+    # checkpoint directory, a released LingBot-VLA checkpoint (.../hf_ckpt) or a Qwen2.5-VL
+    # directory (the VLM only). Loaded strictly (lingvla/model/weights.py); init_drop lists the
+    # name prefixes to leave out on purpose, e.g. [model.depth_align_head.] for the released depth head.
+    init_from: str | None = None
+    init_drop: list[str] = field(default_factory=list)
     tensorboard: bool = True  # when the tensorboard package is installed
 
     def validate(self) -> None:

@@ -1,5 +1,9 @@
 """The training loop: one process, or data-parallel under torchrun with the same command.
 
+torchtitan's shape: `build(config)` makes a `Trainer` (processes, model, optimizer, EMA, loader),
+`Checkpointer` saves and restores all of its state, `train_step(trainer)` is one optimizer step,
+and `train(config)` runs them: build, restore, step, checkpoint, export.
+
 Exactness across process counts: every global micro-batch draws its flow noise and times from a
 generator keyed by (seed, step, micro-step) in global sample order, each rank takes its rows, and
 each rank's loss is weighted by its share of the real (unpadded) action entries. So a 2-process
@@ -14,7 +18,9 @@ import os
 import random
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,53 +232,110 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _dataset_embodiments(config: TrainConfig) -> dict[str, list[dict]]:
+    """{embodiment name: [dataset spec subsets]} of the run's datasets (named, or by robot_type)."""
+    from lingvla.data.embodiments import load_registry
+    from lingvla.data.lerobot import LeRobotDataset
+
+    registry = load_registry(config.data.embodiment_paths or None)
+    by_embodiment: dict[str, list] = {}
+    for spec in config.data.datasets:
+        name = spec.get("embodiment")
+        if name is None:
+            found = registry.for_robot_type(LeRobotDataset(spec["path"]).robot_type)
+            if found is None:
+                raise ValueError(f"dataset {spec['path']}: no embodiment given and its robot_type "
+                                 "matches none; set data.datasets[].embodiment")
+            name = found.name
+        by_embodiment.setdefault(name, []).append(
+            {k: spec[k] for k in ("path", "episodes", "exclude_episodes") if k in spec})
+    return by_embodiment
+
+
 def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distributed) -> Path:
-    """The norm_stats.json of this run: the given one, else computed from the datasets once."""
-    if config.data.norm_stats:
-        path = Path(config.data.norm_stats)
-        if not path.is_file():
-            raise FileNotFoundError(f"data.norm_stats={path} does not exist; run `lingvla stats` first "
-                                    "or leave it empty to compute the stats at start")
-        return path
+    """The norm_stats.json of this run: the given one, else computed from the datasets once. A given
+    file in a single-robot layout (the released ones: flat, or split by body part) is rewritten
+    into ours under the datasets' one embodiment, so the run and its export name it."""
+    from lingvla.data.normalize import load_stats_file, select_stats
+
     path = out_dir / "norm_stats.json"
+    if config.data.norm_stats:
+        given = Path(config.data.norm_stats)
+        if not given.is_file():
+            raise FileNotFoundError(f"data.norm_stats={given} does not exist; run `lingvla stats` first "
+                                    "or leave it empty to compute the stats at start")
+        data, source = load_stats_file(given)
+        table = data.get("norm_stats", data) if isinstance(data, dict) else None
+        single = isinstance(table, dict) and any(isinstance(v, dict) and "mean" in v for v in table.values())
+        if single:
+            names = sorted(_dataset_embodiments(config))
+            if len(names) != 1:
+                raise ValueError(f"data.norm_stats={given} holds one robot's stats (the released layout), but "
+                                 f"the datasets are of {len(names)} embodiments {names}: give a lingvla stats file")
+            data = {"norm_stats": {names[0]: select_stats(data, names[0], source)},
+                    "count": data.get("count"), "converted_from": str(given.resolve())}
+        if dist_info.is_main:  # the run keeps its own copy: `lingvla export RUN` reads it from there
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(path)
+        dist_info.barrier()
+        return path
     if dist_info.is_main and not path.exists():
         from lingvla.data.embodiments import load_registry
-        from lingvla.data.lerobot import LeRobotDataset
         from lingvla.data.stats import compute_norm_stats, write_norm_stats
 
         registry = load_registry(config.data.embodiment_paths or None)
-        by_embodiment: dict[str, list] = {}
-        for spec in config.data.datasets:
-            name = spec.get("embodiment")
-            if name is None:
-                found = registry.for_robot_type(LeRobotDataset(spec["path"]).robot_type)
-                if found is None:
-                    raise ValueError(f"dataset {spec['path']}: no embodiment given and its robot_type "
-                                     "matches none; set data.datasets[].embodiment")
-                name = found.name
-            by_embodiment.setdefault(name, []).append(
-                {k: spec[k] for k in ("path", "episodes", "exclude_episodes") if k in spec})
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
-        for name, paths in by_embodiment.items():
+        for name, paths in _dataset_embodiments(config).items():
             write_norm_stats(tmp, name, compute_norm_stats(paths, registry.get(name), registry=registry))
         tmp.replace(path)
     dist_info.barrier()
     return path
 
 
-def train(config: TrainConfig, progress: bool = True, save: bool = True,
-          deadline: float | None = None, max_steps: int | None = None) -> dict:
-    """Run (or resume) a training run; returns a summary dict. save=False writes no checkpoints
-    and no export (benchmarks: a 4B run's final checkpoint is ~50 GB with its optimizer state).
+@dataclass
+class Trainer:
+    """What a training run holds, built once by `build` and advanced one optimizer step at a time
+    by `train_step`; `Checkpointer` saves and restores all of it."""
 
-    deadline (a time.perf_counter() value; one process only): every REPLAN_EVERY steps the step
-    count is set to what fits before it at the wall-clock pace of the last REPLAN_EVERY steps (at
-    most max_steps, default config.steps), so a time budget holds when a shared machine slows
-    down or speeds up; the cosine schedule stretches or shrinks with it. Not for runs that must be
-    reproduced step for step."""
-    from tqdm import tqdm
+    config: TrainConfig
+    device: torch.device
+    dist: Distributed
+    model: nn.Module
+    model_config: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    loader: Any
+    teacher: nn.Module | None
+    norm_path: Path
+    autocast: bool
+    micro_global: int
+    init_report: Any = None
+    step: int = 0                   # optimizer steps done
+    ema_since: int = 0              # the step the EMA started from
+    last_saved: int | None = None   # the step of the newest checkpoint written or resumed
+    _batches: Any = None
 
+    @property
+    def rows(self) -> range:
+        """This rank's rows of a global micro-batch."""
+        return range(self.dist.rank, self.micro_global, self.dist.world_size)
+
+    def next_batch(self) -> dict:
+        if self._batches is None:  # after a resume has restored the loader's position
+            self._batches = iter(self.loader)
+        return next(self._batches)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def build(config: TrainConfig) -> Trainer:
+    """Everything before the first step: processes and device, seeds, norm stats, the model (from
+    `init_from` unless the run resumes), freezing, parallelism, optimizer, EMA and loader."""
     from lingvla.data.mixture import make_dataloader
     from lingvla.model.lingvla import build_model
 
@@ -289,7 +352,6 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
     if micro_global * config.grad_accum != config.batch_size or micro_global % world:
         raise ValueError(f"batch_size={config.batch_size} must split into grad_accum={config.grad_accum} "
                          f"micro-batches divisible by the {world} processes")
-    micro_local = micro_global // world
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Oversubscribed cores (compute threads + loader workers + other ranks) make CPU steps
         # several times slower: give compute what the workers and other ranks leave.
@@ -321,22 +383,27 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
     model = build_model(model_config)
     tokenizer = model.prompt_tokenizer.tokenizer
     model_config = model.config  # sizes may come from a pretrained VLM
+    init_report = None
+    resuming = config.resume and bool(list_checkpoints(out_dir / "checkpoints"))
+    if config.init_from and not resuming:
+        from lingvla.model.weights import init_from
+
+        init_report = init_from(model, config.init_from, config.init_drop)
+        if dist_info.is_main:
+            print(init_report.summary(), flush=True)
     model.to(device).train()
     apply_freezing(model, config)
     parallelize(model, config.parallel, dist_info, device)
     groups = param_groups(model, config)
     precision = resolve_precision(config.parallel, device)
-    autocast = (precision == "bf16" and dist_info.mesh is None)
     o = config.optim
     # On CUDA the fused kernel: one launch for all parameters instead of a dozen per tensor list.
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay, fused=device.type == "cuda" or None)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    ema_since = 0
-
     loader = make_dataloader(
         [{"root": d["path"], **{k: v for k, v in d.items() if k != "path"}} for d in config.data.datasets],
-        batch_size=micro_local, norm_stats=str(norm_path), action_dim=model_config.action_dim,
+        batch_size=micro_global // world, norm_stats=str(norm_path), action_dim=model_config.action_dim,
         chunk_size=model_config.chunk_size, image_size=model_config.image_size,
         num_cameras=model_config.num_cameras, weights=config.data.weights, seed=config.seed,
         num_workers=config.data.num_workers, rank=dist_info.rank, world_size=world,
@@ -345,124 +412,164 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
         depth=teacher is not None and config.data.depth_teacher == "sim-depth",
         depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None,
         preload_images=config.data.preload_images)
+    return Trainer(config=config, device=device, dist=dist_info, model=model, model_config=model_config,
+                   tokenizer=tokenizer, optimizer=optimizer, ema=ema, loader=loader, teacher=teacher,
+                   norm_path=norm_path, autocast=precision == "bf16" and dist_info.mesh is None,
+                   micro_global=micro_global, init_report=init_report)
 
-    ckpt_root = out_dir / "checkpoints"
-    start_step = 0
-    existing = list_checkpoints(ckpt_root) if config.resume else []
-    if existing:
-        step_done, path = existing[-1]
-        extra = load_checkpoint(path, model, optimizer, dist_info, ema=ema)
-        loader.load_state_dict(extra["loader"])
+
+class Checkpointer:
+    """Saves and restores a Trainer's whole state: model, optimizer and EMA shards (DCP), the
+    loader's position, the RNG states and the step (lingvla/train/checkpoint.py has the layout)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.root = Path(trainer.config.output_dir) / "checkpoints"
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = list_checkpoints(self.root) if self.trainer.config.resume else []
+        return found[-1] if found else None
+
+    def save(self) -> Path:
+        t = self.trainer
+        extra = {"step": t.step, "loader": t.loader.state_dict(), "rng": _rng_state(),
+                 "ema_decay": t.config.ema_decay if t.ema is not None else 0.0, "ema_since": t.ema_since}
+        path = save_checkpoint(self.root, t.step, t.model, t.optimizer, extra, t.dist, t.config.keep_last, ema=t.ema)
+        t.last_saved = t.step
+        return path
+
+    def restore(self, path: Path) -> None:
+        t = self.trainer
+        extra = load_checkpoint(path, t.model, t.optimizer, t.dist, ema=t.ema)
+        t.loader.load_state_dict(extra["loader"])
         _set_rng_state(extra["rng"])
-        start_step = extra["step"]
-        ema_since = extra.get("ema_since", 0) if extra["ema_resumed"] else start_step
-        if dist_info.is_main:
-            print(f"resumed from {path} (step {start_step})", flush=True)
-            if ema is not None and not extra["ema_resumed"]:
-                print(f"the checkpoint has no EMA: the average (decay {config.ema_decay}) starts from its "
-                      f"weights at step {start_step}", flush=True)
+        t.step = t.last_saved = extra["step"]
+        t.ema_since = extra.get("ema_since", 0) if extra["ema_resumed"] else t.step
+        t._batches = None
+        if t.dist.is_main:
+            print(f"resumed from {path} (step {t.step})", flush=True)
+            if t.ema is not None and not extra["ema_resumed"]:
+                print(f"the checkpoint has no EMA: the average (decay {t.config.ema_decay}) starts from its "
+                      f"weights at step {t.step}", flush=True)
 
-    writer = MetricsWriter(out_dir, config.tensorboard) if dist_info.is_main else None
-    if deadline is not None and world > 1:
+
+def train_step(t: Trainer) -> dict:
+    """One optimizer step (grad_accum micro-batches) at step t.step; returns its metrics record and
+    advances t.step. Raises NonFiniteLossError, without stepping, on a non-finite loss or gradient."""
+    config, o, step = t.config, t.config.optim, t.step
+    world = t.dist.world_size
+    for group in t.optimizer.param_groups:
+        group["lr"] = o.lr * group["lr_mult"] * lr_factor(step, config)
+    t0 = time.perf_counter()
+    micro_batches = [t.next_batch() for _ in range(config.grad_accum)]
+    t_data = time.perf_counter() - t0
+    total = torch.tensor(float(sum(real_entries(b) for b in micro_batches)))
+    total = t.dist.all_reduce_sum(total).item()
+    shape = (t.micro_global, t.model_config.chunk_size, t.model_config.action_dim)
+    depth_on = t.model_config.depth.enabled
+    t_fwd = t_bwd = 0.0
+    weighted_loss = torch.zeros((), dtype=torch.float64)
+    weighted_depth = torch.zeros((), dtype=torch.float64)
+    for micro, batch in enumerate(micro_batches):
+        noise, times, state_keep = step_noise(config, step, micro, t.rows, shape)
+        if config.data.image_shift:
+            pad = config.data.image_shift
+            offsets = shift_offsets(config.seed, step, micro, t.rows, t.micro_global, batch["images"].shape[1], pad)
+            batch["images"] = shift_images(batch["images"], offsets, pad)
+        t.sync()
+        t1 = time.perf_counter()
+        if t.teacher is not None:  # online targets, outside autocast and the graph
+            source = batch["depth"] if config.data.depth_teacher == "sim-depth" else batch["images"]
+            with torch.no_grad():
+                batch["depth_targets"] = t.teacher(source.to(t.device, non_blocking=True))
+        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.autocast):
+            loss, info = t.model(batch, noise=noise.to(t.device), t=times.to(t.device),
+                                 state_keep=state_keep.to(t.device))
+        share = real_entries(batch) / total
+        if depth_on:
+            weighted_depth += info["depth_loss"].double().cpu() * share
+        t.sync()
+        t2 = time.perf_counter()
+        (loss * share * world).backward()
+        t.sync()
+        t_fwd += t2 - t1
+        t_bwd += time.perf_counter() - t2
+        weighted_loss += loss.detach().double().cpu() * share
+    t3 = time.perf_counter()
+    grad_norm = nn.utils.clip_grad_norm_(t.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    step_loss = t.dist.all_reduce_sum(weighted_loss.to(torch.float64)).item()
+    if not math.isfinite(step_loss) or not torch.isfinite(grad_norm).item():
+        t.optimizer.zero_grad(set_to_none=True)
+        root = Path(config.output_dir) / "checkpoints"
+        where = f"the last good checkpoint is {root}/step_{t.last_saved:08d}" if t.last_saved is not None \
+            else "no checkpoint had been written yet"
+        raise NonFiniteLossError(f"non-finite loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
+                                 f"step {step + 1}; stopped without saving: {where}")
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.ema is not None:
+        t.ema.update()
+    t.sync()
+    t_opt = time.perf_counter() - t3
+    step_time = t_data + t_fwd + t_bwd + t_opt
+    record = {"step": step + 1, "loss": step_loss, "lr": o.lr * lr_factor(step, config),
+              "grad_norm": float(grad_norm), "samples_per_s": config.batch_size / step_time,
+              "data_s": t_data, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": t_opt}
+    if depth_on:
+        record["depth_loss"] = t.dist.all_reduce_sum(weighted_depth).item()
+    t.step = step + 1
+    return record
+
+
+def train(config: TrainConfig, progress: bool = True, save: bool = True,
+          deadline: float | None = None, max_steps: int | None = None) -> dict:
+    """Run (or resume) a training run: build, restore the newest checkpoint, step until
+    config.steps with checkpoints every save_every, export. Returns a summary dict. save=False
+    writes no checkpoints and no export (benchmarks: a 4B run's final checkpoint is ~50 GB with its
+    optimizer state).
+
+    deadline (a time.perf_counter() value; one process only): every REPLAN_EVERY steps the step
+    count is set to what fits before it at the wall-clock pace of the last REPLAN_EVERY steps (at
+    most max_steps, default config.steps), so a time budget holds when a shared machine slows
+    down or speeds up; the cosine schedule stretches or shrinks with it. Not for runs that must be
+    reproduced step for step."""
+    from tqdm import tqdm
+
+    t = build(config)
+    if deadline is not None and t.dist.world_size > 1:
         raise ValueError("a training deadline is for one process")
+    checkpointer = Checkpointer(t)
+    latest = checkpointer.latest()
+    if latest is not None:
+        checkpointer.restore(latest[1])
+    out_dir = Path(config.output_dir)
+    writer = MetricsWriter(out_dir, config.tensorboard) if t.dist.is_main else None
     max_steps = config.steps if max_steps is None else max_steps
-    bar = tqdm(total=config.steps, initial=start_step, disable=not (progress and dist_info.is_main),
+    bar = tqdm(total=config.steps, initial=t.step, disable=not (progress and t.dist.is_main),
                desc="train", dynamic_ncols=True)
-    batches = iter(loader)
-    rows = range(dist_info.rank, micro_global, world)
-    shape = (micro_global, model_config.chunk_size, model_config.action_dim)
     last_loss = float("nan")
-    last_saved = start_step if existing else None
     run_start, samples_done = time.perf_counter(), 0
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def checkpoint(step: int) -> None:
-        extra = {"step": step, "loader": loader.state_dict(), "rng": _rng_state(),
-                 "ema_decay": config.ema_decay if ema is not None else 0.0, "ema_since": ema_since}
-        save_checkpoint(ckpt_root, step, model, optimizer, extra, dist_info, config.keep_last, ema=ema)
-
     try:
-        step, mark = start_step - 1, (start_step, time.perf_counter())
-        while step + 1 < config.steps:
-            step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = o.lr * group["lr_mult"] * lr_factor(step, config)
-            t0 = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(config.grad_accum)]
-            t_data = time.perf_counter() - t0
-            total = torch.tensor(float(sum(real_entries(b) for b in micro_batches)))
-            total = dist_info.all_reduce_sum(total).item()
-            t_fwd = t_bwd = 0.0
-            weighted_loss = torch.zeros((), dtype=torch.float64)
-            weighted_depth = torch.zeros((), dtype=torch.float64)
-            for micro, batch in enumerate(micro_batches):
-                noise, t, state_keep = step_noise(config, step, micro, rows, shape)
-                if config.data.image_shift:
-                    pad = config.data.image_shift
-                    offsets = shift_offsets(config.seed, step, micro, rows, micro_global,
-                                            batch["images"].shape[1], pad)
-                    batch["images"] = shift_images(batch["images"], offsets, pad)
-                sync()
-                t1 = time.perf_counter()
-                if teacher is not None:  # online targets, outside autocast and the graph
-                    source = batch["depth"] if config.data.depth_teacher == "sim-depth" else batch["images"]
-                    with torch.no_grad():
-                        batch["depth_targets"] = teacher(source.to(device, non_blocking=True))
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, info = model(batch, noise=noise.to(device), t=t.to(device),
-                                       state_keep=state_keep.to(device))
-                share = real_entries(batch) / total
-                if depth_on:
-                    weighted_depth += info["depth_loss"].double().cpu() * share
-                sync()
-                t2 = time.perf_counter()
-                (loss * share * world).backward()
-                sync()
-                t_fwd += t2 - t1
-                t_bwd += time.perf_counter() - t2
-                weighted_loss += loss.detach().double().cpu() * share
-            t3 = time.perf_counter()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            step_loss = dist_info.all_reduce_sum(weighted_loss.to(torch.float64)).item()
-            if not math.isfinite(step_loss) or not torch.isfinite(grad_norm).item():
-                optimizer.zero_grad(set_to_none=True)
-                where = f"the last good checkpoint is {ckpt_root}/step_{last_saved:08d}" if last_saved is not None \
-                    else "no checkpoint had been written yet"
-                raise NonFiniteLossError(f"non-finite loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
-                                         f"step {step + 1}; stopped without saving: {where}")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update()
-            sync()
-            t_opt = time.perf_counter() - t3
-            last_loss = step_loss
+        mark = (t.step, time.perf_counter())
+        while t.step < config.steps:
+            record = train_step(t)
+            last_loss = record["loss"]
             samples_done += config.batch_size
-            step_time = t_data + t_fwd + t_bwd + t_opt
-            record = {"step": step + 1, "loss": step_loss, "lr": o.lr * lr_factor(step, config),
-                      "grad_norm": float(grad_norm), "samples_per_s": config.batch_size / step_time,
-                      "data_s": t_data, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": t_opt}
-            if depth_on:
-                record["depth_loss"] = dist_info.all_reduce_sum(weighted_depth).item()
             if writer is not None:
                 writer.write(record)
             bar.update(1)
-            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
+            if t.step % config.log_every == 0 or t.step == config.steps:
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{samples_done / (time.perf_counter() - run_start):.1f}")
-            if save and ((step + 1) % config.save_every == 0 or step + 1 == config.steps):
-                checkpoint(step + 1)
-                last_saved = step + 1
-            if deadline is not None and step + 1 - mark[0] >= REPLAN_EVERY and step + 1 < config.steps:
+            if save and (t.step % config.save_every == 0 or t.step == config.steps):
+                checkpointer.save()
+            if deadline is not None and t.step - mark[0] >= REPLAN_EVERY and t.step < config.steps:
                 now = time.perf_counter()
-                pace = (now - mark[1]) / (step + 1 - mark[0])
-                config.steps = max(step + 2, min(max_steps, step + 1 + int((deadline - now) / pace)))
+                pace = (now - mark[1]) / (t.step - mark[0])
+                config.steps = max(t.step + 1, min(max_steps, t.step + int((deadline - now) / pace)))
                 bar.total = config.steps
-                mark = (step + 1, now)
+                mark = (t.step, now)
     finally:
         bar.close()
         if writer is not None:
@@ -470,22 +577,24 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
 
     export_dir = out_dir / "export"
     summary = {"steps": config.steps, "final_loss": last_loss, "output_dir": str(out_dir),
-               "export": str(export_dir) if save else None, "world_size": world,
-               "skipped_samples": loader.skipped, "wall_s": round(time.perf_counter() - run_start, 2),
-               "weights": _weights_note(config.ema_decay if ema is not None else 0.0, ema_since)}
+               "export": str(export_dir) if save else None, "world_size": t.dist.world_size,
+               "skipped_samples": t.loader.skipped, "wall_s": round(time.perf_counter() - run_start, 2),
+               "weights": _weights_note(config.ema_decay if t.ema is not None else 0.0, t.ema_since)}
+    if t.init_report is not None:
+        summary["init_from"] = t.init_report.to_dict()
     if not save:
         return summary
-    if ema is None:
-        state = full_state_dict(model)
+    if t.ema is None:
+        state = full_state_dict(t.model)
     else:
-        with ema.applied():  # copies: in one process the state dict shares the parameters' storage
-            state = {k: v.clone() for k, v in full_state_dict(model).items()}
-    if dist_info.is_main:
-        _export(export_dir, state, model_config, tokenizer, config, norm_path, summary)
+        with t.ema.applied():  # copies: in one process the state dict shares the parameters' storage
+            state = {k: v.clone() for k, v in full_state_dict(t.model).items()}
+    if t.dist.is_main:
+        _export(export_dir, state, t.model_config, t.tokenizer, config, t.norm_path, summary)
         plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
-        if loader.skipped:
-            print(f"skipped {loader.skipped} bad samples; last reasons: {loader.skip_reasons[-3:]}", flush=True)
-    dist_info.barrier()
+        if t.loader.skipped:
+            print(f"skipped {t.loader.skipped} bad samples; last reasons: {t.loader.skip_reasons[-3:]}", flush=True)
+    t.dist.barrier()
     return summary
 
 
@@ -514,10 +623,16 @@ def _embodiment_specs(config: TrainConfig, norm_stats: dict) -> dict:
 
 
 def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | Path | None = None,
-                      raw: bool = False) -> Path:
+                      raw: bool = False, layout: str = "lingvla", drop: tuple[str, ...] = ()) -> Path:
     """Write an inference directory (as a finished run's export/) from a training checkpoint of
     `run_dir` (default: its latest); out defaults to RUN_DIR/export_step_NNNNNNNN (+ "_raw").
-    The weights are the checkpoint's EMA when it has one, unless raw=True."""
+    The weights are the checkpoint's EMA when it has one, unless raw=True.
+
+    layout="released": the released LingBot-VLA layout instead (shards + index + config.json,
+    lingvla/model/released.py; out defaults to ..._released), for tools built on the released code;
+    `drop` names prefixes of ours to leave out (the depth parameters have no released name)."""
+    if layout not in ("lingvla", "released"):
+        raise ValueError(f"layout={layout!r}; expected lingvla or released")
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
@@ -559,8 +674,12 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
         with torch.no_grad():
             for name, shadow in state["ema"].items():
                 params[name].copy_(shadow)
-    default = run_dir / f"export_step_{step:08d}{'_raw' if raw else ''}"
+    default = run_dir / f"export_step_{step:08d}{'_raw' if raw else ''}{'_released' if layout == 'released' else ''}"
     out = Path(out) if out is not None else default
+    if layout == "released":
+        from lingvla.model.released import write_released
+
+        return write_released(out, full_state_dict(model), model.config, drop=tuple(drop))
     summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step]),
                "weights": weights_note}
     return _export(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer, config,
