@@ -51,6 +51,25 @@ def test_resume_midway_and_ranks():
     assert head == full[:10] and [next(iter(c)) for _ in range(5)] == full[10:15]
 
 
+def test_a_position_carries_over_to_another_number_of_ranks():
+    full = MixtureSampler([500, 700], [0.3, 0.7], seed=5).indices(0, 3 * BLOCK)
+    # two ranks, each at its position 2 * BLOCK + 6 (a consistent checkpoint): 2 x that consumed
+    saved = MixtureSampler([500, 700], [0.3, 0.7], seed=5, rank=1, world_size=2).state_dict(2 * BLOCK + 6)
+    one = MixtureSampler([500, 700], [0.3, 0.7], seed=5)
+    start = one.check_state(saved)
+    assert start == 4 * BLOCK + 12
+    assert one.indices(start, 8) == MixtureSampler([500, 700], [0.3, 0.7], seed=5).indices(4 * BLOCK + 12, 8)
+    # and from one process onto four: rank 3 continues with every fourth global position
+    saved = MixtureSampler([500, 700], [0.3, 0.7], seed=5).state_dict(BLOCK + 40)
+    four = MixtureSampler([500, 700], [0.3, 0.7], seed=5, rank=3, world_size=4)
+    start = four.check_state(saved)
+    assert start == (BLOCK + 40) // 4 and four.indices(start, 5) == full[BLOCK + 43:BLOCK + 63:4]
+    with pytest.raises(ValueError, match="does not split evenly over 4"):
+        four.check_state(MixtureSampler([500, 700], [0.3, 0.7], seed=5).state_dict(BLOCK + 41))
+    with pytest.raises(ValueError, match="rank 0 given to rank 3"):
+        four.check_state(MixtureSampler([500, 700], [0.3, 0.7], seed=5, rank=0, world_size=4).state_dict(8))
+
+
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mix")

@@ -230,6 +230,53 @@ def test_kill_and_resume_matches_uninterrupted(dataset, tmp_path, state_dropout,
         assert got[step] == pytest.approx(ref_losses[step], rel=1e-6, abs=1e-7), step
 
 
+def torchrun(nproc: int, port: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port),
+           "-m", "lingvla.cli", "train", *args, "--no-progress"]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_resume_on_another_number_of_processes_and_hsdp(dataset, tmp_path):
+    """2 -> 1 and 1 -> 2 processes: DCP reshards model, optimizer and EMA, the loader resumes at
+    the same place of the global sample order, and every loss is the uninterrupted run's. HSDP
+    (2 replicas x 2 shards, 4 processes) computes the same losses too."""
+    fixed = {"optim.schedule": "constant", "model.state_dropout": 0.5, "ema_decay": 0.6}
+    base = run_cli(overrides(dataset, tmp_path / "base", steps=4, save_every=100, **fixed))
+    assert base.returncode == 0, base.stderr[-3000:]
+    expected = losses(tmp_path / "base")
+    assert sorted(expected) == [1, 2, 3, 4]
+
+    first = torchrun(2, 29521, overrides(dataset, tmp_path / "two_one", steps=2, save_every=2, **fixed))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(overrides(dataset, tmp_path / "two_one", steps=4, save_every=2, **fixed))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "written by 2 processes, resharded onto 1" in second.stdout
+
+    first = run_cli(overrides(dataset, tmp_path / "one_two", steps=2, save_every=2, **fixed))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun(2, 29523, overrides(dataset, tmp_path / "one_two", steps=4, save_every=2, **fixed))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "written by 1 processes, resharded onto 2" in second.stdout
+
+    hsdp = torchrun(4, 29525, overrides(dataset, tmp_path / "hsdp", steps=4, save_every=100,
+                                        **{**fixed, "parallel.dp_replicate": 2}))
+    assert hsdp.returncode == 0, hsdp.stderr[-3000:]
+    for run in ("two_one", "one_two", "hsdp"):
+        got = losses(tmp_path / run)
+        assert sorted(got) == [1, 2, 3, 4], run
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), (run, step, got, expected)
+    assert expected[4] != expected[1]
+    # the EMA went through the resharding too: the exports agree with the uninterrupted run's
+    from safetensors.torch import load_file
+
+    reference = load_file(tmp_path / "base" / "export" / "model.safetensors")
+    for run in ("two_one", "one_two", "hsdp"):
+        got = load_file(tmp_path / run / "export" / "model.safetensors")
+        for key in reference:
+            torch.testing.assert_close(got[key], reference[key], rtol=1e-4, atol=1e-5)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     from lingvla.model.lingvla import LingVLA
     from lingvla.train.loop import NonFiniteLossError

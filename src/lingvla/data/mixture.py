@@ -171,16 +171,27 @@ class MixtureSampler:
                 "block_counts": self._counts_at(block).tolist()}
 
     def check_state(self, state: dict) -> int:
-        """Validate a state against this sampler; returns its position."""
-        mismatch = [k for k, mine in (("seed", self.seed), ("world_size", self.world_size), ("rank", self.rank),
-                                      ("sizes", self.sizes.tolist())) if state.get(k) != mine]
+        """Validate a state against this sampler; returns its position. A state saved by another
+        number of processes carries over by its place in the global order: every rank of a
+        consistent checkpoint stands at the same position q, so q x saved world size global
+        positions were consumed, which this rank resumes from (they must split evenly)."""
+        mismatch = [k for k, mine in (("seed", self.seed), ("sizes", self.sizes.tolist())) if state.get(k) != mine]
         if not np.allclose(state.get("weights", []), self.weights, rtol=0, atol=1e-12):
             mismatch.append("weights")
         if mismatch:
             raise ValueError(f"loader state does not match this mixture ({', '.join(mismatch)} differ): "
                              f"saved {[(k, state.get(k)) for k in mismatch if k != 'weights']}")
         self._counts[int(state["block"])] = np.asarray(state["block_counts"], dtype=np.int64)
-        return int(state["position"])
+        position, saved_world = int(state["position"]), int(state.get("world_size", 1))
+        if saved_world == self.world_size:
+            if state.get("rank") != self.rank:
+                raise ValueError(f"loader state of rank {state.get('rank')} given to rank {self.rank}")
+            return position
+        consumed = position * saved_world
+        if consumed % self.world_size:
+            raise ValueError(f"loader state at global position {consumed} (saved by {saved_world} processes) "
+                             f"does not split evenly over {self.world_size} processes")
+        return consumed // self.world_size
 
     def load_state_dict(self, state: dict) -> None:
         self.position = self.check_state(state)

@@ -3,7 +3,10 @@ lingvla/checkpoint_dir.py.
 
 Layout under OUTPUT_DIR:
   checkpoints/step_00000500/   model + optimizer (+ EMA) shards (DCP), extra_rank{R}.pt (step,
-                               loader position, RNG), COMPLETE
+                               loader position, RNG), COMPLETE (step, world size)
+
+Resuming with another number of processes reshards: DCP reads the tensors into the new layout,
+and the loader resumes at the same place in the global sample order.
   export/                      the inference directory (lingvla/checkpoint_dir.py): all that
                                `lingvla serve` and `lingvla eval-sim` need
 
@@ -93,9 +96,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
     path = Path(path)
     marker = json.loads((path / COMPLETE).read_text())
-    if marker.get("world_size", 1) != dist_info.world_size:
-        raise ValueError(f"checkpoint {path} was written by {marker['world_size']} processes; this run "
-                         f"has {dist_info.world_size}. Resume with the same number of processes.")
+    saved_world = int(marker.get("world_size", 1))
     ema_saved = ema is not None and bool(checkpoint_ema_names(path))
     state = _state(model, optimizer, ema if ema_saved else None)
     with warnings.catch_warnings():
@@ -104,8 +105,13 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if ema is not None and not ema_saved:
         ema.reset()
-    extra = torch.load(path / f"extra_rank{dist_info.rank}.pt", weights_only=False)
+    # Another number of processes: DCP has resharded the tensors; the loader position carries over
+    # through the global order (MixtureSampler.check_state) and the RNG states are every rank's
+    # alike (each random draw of training comes from generators keyed by seed and step).
+    rank = dist_info.rank if saved_world == dist_info.world_size else 0
+    extra = torch.load(path / f"extra_rank{rank}.pt", weights_only=False)
     extra["ema_resumed"] = ema_saved
+    extra["saved_world_size"] = saved_world
     return extra
 
 

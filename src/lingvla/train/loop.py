@@ -447,7 +447,10 @@ class Checkpointer:
         t.ema_since = extra.get("ema_since", 0) if extra["ema_resumed"] else t.step
         t._batches = None
         if t.dist.is_main:
-            print(f"resumed from {path} (step {t.step})", flush=True)
+            resharded = extra["saved_world_size"] != t.dist.world_size
+            print(f"resumed from {path} (step {t.step}"
+                  + (f"; written by {extra['saved_world_size']} processes, resharded onto {t.dist.world_size})"
+                     if resharded else ")"), flush=True)
             if t.ema is not None and not extra["ema_resumed"]:
                 print(f"the checkpoint has no EMA: the average (decay {t.config.ema_decay}) starts from its "
                       f"weights at step {t.step}", flush=True)
