@@ -232,7 +232,7 @@ def released_split_stats(dataset, path):
     return stats
 
 
-def test_training_starts_from_released_weights_and_exports_them_back(dataset, tmp_path):
+def test_training_starts_from_released_weights_and_exports_them_back(dataset, tmp_path, capsys):
     from lingvla.data.normalize import Normalizer
 
     source = tiny_model(3, image_size=56)
@@ -245,6 +245,9 @@ def test_training_starts_from_released_weights_and_exports_them_back(dataset, tm
         f"data.datasets=[{{path: {dataset}, embodiment: aloha}}]", f"init_from={start}",
         f"data.norm_stats={tmp_path / 'robotwin_stats.json'}"])
     summary = train(config, progress=False)
+    printed = capsys.readouterr().out
+    assert "init_from " in printed and "(released): " in printed
+    assert "model.image_resize=pad (released: squash), model.attention_fp32=False (released: True)" in printed
     # the released stats file was read as one robot's, joined, and shipped under the embodiment
     shipped = Normalizer.from_file(out / "export" / "norm_stats.json", "aloha")
     expected = Normalizer.from_file({"norm_stats": {"aloha": stats}}, "aloha")

@@ -103,6 +103,12 @@ class ModelConfig:
     state_dropout: float = 0.0
     # "sdpa": dense boolean mask (any device, default); "flex": FlexAttention BlockMask (CUDA).
     attn_backend: str = "sdpa"
+    # Parity with the released LingBot-VLA (docs/your-robot.md). How camera frames become
+    # image_size x image_size: "pad" (aspect kept, black bars) or "squash" (stretched, bilinear: the
+    # released model's). attention_fp32: the joint attention upcasts q/k/v to fp32 (the released
+    # model's numerics) instead of running in the model's dtype.
+    image_resize: str = "pad"
+    attention_fp32: bool = False
     # Local directory of Qwen2.5-VL weights (+ tokenizer). None: build the VLM from config.
     vlm_path: str | None = None
     # "tiny": the built-in byte-level BPE tokenizer; otherwise a local tokenizer directory.
@@ -136,6 +142,11 @@ class ModelConfig:
         if d.enabled and (d.num_latents % d.num_queries or self.llm.hidden_size % d.head_heads):
             raise ValueError(f"depth.num_latents={d.num_latents} must be a multiple of depth.num_queries="
                              f"{d.num_queries}, and llm.hidden_size of depth.head_heads={d.head_heads}")
+        if self.image_resize not in ("pad", "squash"):
+            raise ValueError(f"image_resize={self.image_resize!r}; expected pad or squash")
+        if self.image_resize != "pad" and self.depth.enabled:
+            raise ValueError("depth targets are fitted to the image by padding: image_resize must be pad "
+                             "with depth.enabled")
         if self.expert.hidden_size % 2:
             raise ValueError("expert.hidden_size must be even (sin/cos time embedding)")
         for name, value, allowed in (("time_sampling", self.time_sampling, ("beta", "uniform")),

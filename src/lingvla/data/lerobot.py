@@ -367,25 +367,27 @@ class LeRobotDataset:
         return frame / self.fps
 
     def video_frame(self, key: str, ep: int, frame: int, *, size: int | None = None,
-                    tolerance_s: float | None = None) -> np.ndarray:
-        """Decode one camera frame [H, W, 3] uint8 (resized with padding to size x size if given)."""
+                    tolerance_s: float | None = None, resize: str = "pad") -> np.ndarray:
+        """Decode one camera frame [H, W, 3] uint8 (fitted onto size x size if given, by `resize`:
+        lingvla.data.video.fit_image)."""
         from lingvla.data.video import VideoFrameReader
 
         if self._video is None:
             self._video = VideoFrameReader(max_open=self.video_cache_size)
         path, offset = self.episodes[ep].videos[key]
         tol = tolerance_s if tolerance_s is not None else 0.5 / self.fps
-        return self._video.frame(path, offset + self.timestamp(ep, frame), tol, size=size,
+        return self._video.frame(path, offset + self.timestamp(ep, frame), tol, size=size, resize=resize,
                                  episode=self.episodes[ep].index, frame_index=frame)
 
-    def image_frame(self, key: str, ep: int, frame: int, *, size: int | None = None) -> np.ndarray:
+    def image_frame(self, key: str, ep: int, frame: int, *, size: int | None = None,
+                    resize: str = "pad") -> np.ndarray:
         """An image stored in the parquet (dtype "image": PNG/JPEG bytes) as [H, W, 3] uint8."""
         import io
 
         from PIL import Image
 
         from lingvla.data.errors import BadSampleError
-        from lingvla.data.video import resize_with_pad
+        from lingvla.data.video import fit_image
 
         columns, first = self.episode_rows(ep)
         cell = columns[key][first + frame].as_py()
@@ -398,19 +400,21 @@ class LeRobotDataset:
                 raise BadSampleError("image cell holds no bytes", path=str(self.episodes[ep].data_path),
                                      key=key, episode=self.episodes[ep].index, frame=frame)
         image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        return resize_with_pad(image, size) if size else image
+        return fit_image(image, size, resize) if size else image
 
-    def camera_frame(self, key: str, ep: int, frame: int, *, size: int | None = None) -> np.ndarray:
+    def camera_frame(self, key: str, ep: int, frame: int, *, size: int | None = None,
+                     resize: str = "pad") -> np.ndarray:
         if self.features[key]["dtype"] == "video":
-            return self.video_frame(key, ep, frame, size=size)
-        return self.image_frame(key, ep, frame, size=size)
+            return self.video_frame(key, ep, frame, size=size, resize=resize)
+        return self.image_frame(key, ep, frame, size=size, resize=resize)
 
-    def episode_camera_frames(self, key: str, ep: int, *, size: int | None = None) -> np.ndarray:
+    def episode_camera_frames(self, key: str, ep: int, *, size: int | None = None,
+                              resize: str = "pad") -> np.ndarray:
         """Every frame of one camera in one episode, [length, H, W, 3] uint8: one sequential decode
         of a video (not a seek per frame), or each stored image."""
         length = self.episodes[ep].length
         if self.features[key]["dtype"] != "video":
-            return np.stack([self.image_frame(key, ep, f, size=size) for f in range(length)])
+            return np.stack([self.image_frame(key, ep, f, size=size, resize=resize) for f in range(length)])
         from lingvla.data.video import VideoFrameReader
 
         if self._video is None:
@@ -419,7 +423,7 @@ class LeRobotDataset:
         columns, first = self.episode_rows(ep)
         times = columns["timestamp"][first:first + length, 0].astype(np.float64) if "timestamp" in columns \
             else np.arange(length) / self.fps
-        return self._video.frames(path, offset + times, 0.5 / self.fps, size=size,
+        return self._video.frames(path, offset + times, 0.5 / self.fps, size=size, resize=resize,
                                   episode=self.episodes[ep].index)
 
     def frame(self, position: int, *, decode_images: bool = True, size: int | None = None) -> dict:

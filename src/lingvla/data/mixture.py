@@ -291,7 +291,8 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                     normalization_mode: str = "quantile", min_scale: float | None = None,
                     clip: float | None = None, embodiment_paths=None, pin_memory: bool = False,
                     prefetch_factor: int = 2, depth: bool = False,
-                    depth_cache: str | None = None, preload_images: bool = False) -> ResumableLoader:
+                    depth_cache: str | None = None, preload_images: bool = False,
+                    image_resize: str = "pad") -> ResumableLoader:
     """A resumable loader of training batches over a weighted mixture of datasets.
 
     datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
@@ -305,6 +306,7 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     depth / depth_cache: batches also hold "depth" [B, C, S, S] metres / "depth_targets" [B, C, N, Dt]
         from each dataset's depth_cache/<depth_cache> (see RobotDataset).
     preload_images: decode every dataset's frames into memory once (RobotDataset).
+    image_resize: "pad" or "squash" (lingvla.data.video.fit_image).
     """
     from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
     from lingvla.data.normalize import DEFAULT_MIN_SCALE
@@ -328,7 +330,7 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
                             registry=registry, on_bad_sample=on_bad_sample, depth=depth,
                             depth_cache=depth_cache, episode_frames=s.get("episode_frames"),
                             episodes=s.get("episodes"), exclude_episodes=s.get("exclude_episodes"),
-                            preload_images=preload_images)
+                            preload_images=preload_images, image_resize=image_resize)
                for s in specs]
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):

@@ -50,7 +50,8 @@ class RobotDataset(torch.utils.data.Dataset):
         norm_stats: a norm_stats.json path, its dict, a Normalizer, or None for raw (unnormalized)
             values - the model's contract wants normalized values, so None is for inspection only.
         action_dim: the unified width D; chunk_size: T; image_size: S; camera_slots: the model's
-            camera order.
+            camera order; image_resize: how a frame becomes S x S, "pad" or "squash"
+            (lingvla.data.video.fit_image).
         on_bad_sample: "raise" (default) or "skip": a sample that raises BadSampleError (missing or
             corrupt video, frame past the video's end, NaN) is replaced by the next index that
             works, and counted in ``skipped`` (per process) and in the sample's "_skipped" entry.
@@ -75,7 +76,10 @@ class RobotDataset(torch.utils.data.Dataset):
                  clip: float | None = None, registry=None, on_bad_sample: str = "raise",
                  max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4,
                  depth: bool = False, depth_cache: str | None = None, episode_frames=None,
-                 episodes=None, exclude_episodes=None, preload_images: bool = False):
+                 episodes=None, exclude_episodes=None, preload_images: bool = False,
+                 image_resize: str = "pad"):
+        from lingvla.data.video import RESIZE_MODES
+
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
@@ -87,6 +91,11 @@ class RobotDataset(torch.utils.data.Dataset):
         self.embodiment.validate(self.source)
         self.action_dim, self.chunk_size, self.image_size = int(action_dim), int(chunk_size), int(image_size)
         self.camera_slots = tuple(camera_slots)
+        if image_resize not in RESIZE_MODES:
+            raise ValueError(f"image_resize={image_resize!r}; expected one of {RESIZE_MODES}")
+        if image_resize != "pad" and (depth or depth_cache):
+            raise ValueError("depth targets are fitted to the image by padding: use image_resize='pad' with depth")
+        self.image_resize = image_resize
         self.state_positions = self.embodiment.positions("state", self.action_dim)
         self.action_positions = self.embodiment.positions("action", self.action_dim)
         self.dim_mask = torch.from_numpy(self.embodiment.dim_mask(self.action_dim))
@@ -148,7 +157,7 @@ class RobotDataset(torch.utils.data.Dataset):
             try:
                 for slot, key in enumerate(self.camera_keys):
                     if key is not None:
-                        frames = src.episode_camera_frames(key, ep, size=self.image_size)
+                        frames = src.episode_camera_frames(key, ep, size=self.image_size, resize=self.image_resize)
                         images[slot][at:at + length] = frames.transpose(0, 3, 1, 2)
             except BadSampleError as e:
                 if self.on_bad_sample == "raise":
@@ -217,7 +226,7 @@ class RobotDataset(torch.utils.data.Dataset):
             if key is None:
                 continue
             images[slot] = held["images"][slot][held["row"][index]] if held is not None else \
-                src.camera_frame(key, ep, frame, size=self.image_size).transpose(2, 0, 1)
+                src.camera_frame(key, ep, frame, size=self.image_size, resize=self.image_resize).transpose(2, 0, 1)
             image_mask[slot] = True
         task_index = int(columns["task_index"][first + frame, 0]) if "task_index" in columns else None
         prompt = src.tasks.get(task_index) if task_index is not None else None

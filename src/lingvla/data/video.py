@@ -86,29 +86,45 @@ class VideoEncoder:
         self._container = None
 
 
-def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an RGB image [H, W, 3] uint8 to fit a size x size square, keeping its aspect ratio, and
-    pad it with black, centred. The training loader and inference both use this function."""
+RESIZE_MODES = ("pad", "squash")
+
+
+def fit_image(image: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
+    """An RGB image [H, W, 3] uint8 onto the model's size x size square. "pad": resized to fit with
+    its aspect ratio kept (area averaging when shrinking) and padded with black, centred; "squash":
+    stretched to the square by bilinear interpolation, aspect ratio lost (how the released
+    LingBot-VLA was trained). The training loader (decoded frames) and inference (live frames)
+    both come through here, so a policy sees at run time what it saw in training."""
     import av
 
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"resize_with_pad expects uint8 [H, W, 3]; got {image.dtype} {image.shape}")
-    return _frame_to_square(av.VideoFrame.from_ndarray(image, format="rgb24"), size)
+        raise ValueError(f"fit_image expects uint8 [H, W, 3]; got {image.dtype} {image.shape}")
+    return _frame_to_square(av.VideoFrame.from_ndarray(image, format="rgb24"), size, resize=resize)
 
 
-def _frame_to_square(frame, size: int | None, reformatter=None) -> np.ndarray:
+def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """fit_image(image, size, "pad")."""
+    return fit_image(image, size, "pad")
+
+
+def _frame_to_square(frame, size: int | None, reformatter=None, resize: str = "pad") -> np.ndarray:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"image resize {resize!r}; expected one of {RESIZE_MODES}")
     h, w = frame.height, frame.width
     if size is None or (h == size and w == size):
         return frame.to_ndarray(format="rgb24")
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    # Area averaging when shrinking: no aliasing, the same result for decoded and live frames.
-    # A reused reformatter keeps its scaler, which is costly to set up for every frame.
     if reformatter is None:
         from av.video.reformatter import VideoReformatter
 
         reformatter = VideoReformatter()
+    if resize == "squash":
+        return reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation="BILINEAR",
+                                    threads=1).to_ndarray()
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    # Area averaging when shrinking: no aliasing, the same result for decoded and live frames.
+    # A reused reformatter keeps its scaler, which is costly to set up for every frame.
     # threads=1: swscale's own thread pool would not survive a fork into DataLoader workers.
     rgb = reformatter.reformat(frame, width=nw, height=nh, format="rgb24", interpolation="AREA",
                                threads=1).to_ndarray()
@@ -176,9 +192,9 @@ class VideoFrameReader:
                 pass
 
     def frame(self, path: str | Path, timestamp: float, tolerance_s: float, *, size: int | None = None,
-              episode: int | None = None, frame_index: int | None = None) -> np.ndarray:
-        """The frame nearest ``timestamp`` seconds as [H, W, 3] uint8 (resized with padding to
-        size x size when size is given). Raises VideoDecodeError naming file, episode and frame when
+              resize: str = "pad", episode: int | None = None, frame_index: int | None = None) -> np.ndarray:
+        """The frame nearest ``timestamp`` seconds as [H, W, 3] uint8 (fitted onto size x size by
+        ``resize``, fit_image's modes, when size is given). Raises VideoDecodeError naming file, episode and frame when
         the file is missing or corrupt or no frame lies within ``tolerance_s``."""
         import av
 
@@ -205,7 +221,7 @@ class VideoFrameReader:
 
                 self._reformatter = VideoReformatter()
             image = None if best is None or best_dt > tolerance_s else \
-                _frame_to_square(best, size, self._reformatter)
+                _frame_to_square(best, size, self._reformatter, resize)
         except (av.error.FFmpegError, ValueError, OSError) as e:
             self._evict(path)
             raise VideoDecodeError(f"corrupt video, decoding at t={timestamp:.4f}s failed "
@@ -219,7 +235,7 @@ class VideoFrameReader:
 
 
     def frames(self, path: str | Path, timestamps: np.ndarray, tolerance_s: float, *,
-               size: int | None = None, episode: int | None = None) -> np.ndarray:
+               size: int | None = None, episode: int | None = None, resize: str = "pad") -> np.ndarray:
         """The frames nearest each of ``timestamps`` (ascending seconds) as [N, H, W, 3] uint8,
         decoded in one pass from a single seek: an episode costs one decode of its frames instead
         of one seek per frame. Errors as ``frame``, naming the first frame that has no match."""
@@ -254,7 +270,7 @@ class VideoFrameReader:
                     j += 1
                 while i < len(timestamps) and t >= timestamps[i] - 1e-9:  # later frames are farther
                     if best[i] is not None and best_dt[i] <= tolerance_s:
-                        out[i] = _frame_to_square(best[i], size, self._reformatter)
+                        out[i] = _frame_to_square(best[i], size, self._reformatter, resize)
                     best[i] = None
                     i += 1
                 if i == len(timestamps):

@@ -89,7 +89,8 @@ class LingVLA(nn.Module):
         self.vision = ImageEncoder(vlm.visual, config.vision, config.image_size)
         self.embed_tokens = vlm.embed_tokens
         self.layers = nn.ModuleList(
-            MoTLayer(vlm.layers[i], ExpertLayer(config), llm.num_heads, llm.num_kv_heads, llm.head_dim)
+            MoTLayer(vlm.layers[i], ExpertLayer(config), llm.num_heads, llm.num_kv_heads, llm.head_dim,
+                     attention_fp32=config.attention_fp32)
             for i in range(llm.num_layers))
         self.vlm_norm = vlm.norm
         self.expert_norm = RMSNorm(hidden, llm.rms_norm_eps)

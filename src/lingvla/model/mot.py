@@ -37,13 +37,14 @@ class MoTLayer(nn.Module):
     """One depth of the joint model. `vlm` is transformers' Qwen2_5_VLDecoderLayer, `expert` ours."""
 
     def __init__(self, vlm: nn.Module, expert: nn.Module, num_heads: int, num_kv_heads: int,
-                 head_dim: int):
+                 head_dim: int, attention_fp32: bool = False):
         super().__init__()
         self.vlm = vlm
         self.expert = expert
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
+        self.attention_fp32 = attention_fp32  # q/k/v upcast for the shared attention (the released numerics)
 
     def forward(self, prefix: torch.Tensor | None, suffix: torch.Tensor | None,
                 cond: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
@@ -85,7 +86,11 @@ class MoTLayer(nn.Module):
         if prefix_kv is not None:
             k = torch.cat([prefix_kv[0].to(dtype), k], dim=2)
             v = torch.cat([prefix_kv[1].to(dtype), v], dim=2)
-        out = attend(q, k, v, mask).transpose(1, 2).reshape(b, length, -1)
+        if self.attention_fp32 and dtype != torch.float32:
+            out = attend(q.float(), k.float(), v.float(), mask).to(dtype)
+        else:
+            out = attend(q, k, v, mask)
+        out = out.transpose(1, 2).reshape(b, length, -1)
 
         prefix_out = suffix_out = None
         split = prefix.shape[1] if prefix is not None else 0

@@ -19,7 +19,7 @@ import torch
 
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, parse_embodiment
 from lingvla.data.normalize import Normalizer
-from lingvla.data.video import resize_with_pad
+from lingvla.data.video import fit_image
 from lingvla.model.lingvla import LingVLA
 
 IMAGE_PREFIX = "observation.images."
@@ -123,7 +123,7 @@ class Policy:
             array = array.transpose(1, 2, 0)
         if array.shape[-1] != 3 or min(array.shape[:2]) < 1:
             raise ObservationError(f"images[{name!r}] must be HxWx3 (or 3xHxW); got shape {array.shape}")
-        return resize_with_pad(array, self.config.image_size).transpose(2, 0, 1)
+        return fit_image(array, self.config.image_size, self.config.image_resize).transpose(2, 0, 1)
 
     def batch_from_obs(self, obs: dict) -> dict:
         """One observation -> a batch-contract dict of size 1 (normalized, padded)."""

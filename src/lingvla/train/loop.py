@@ -391,6 +391,14 @@ def build(config: TrainConfig) -> Trainer:
         init_report = init_from(model, config.init_from, config.init_drop)
         if dist_info.is_main:
             print(init_report.summary(), flush=True)
+            if init_report.kind == "released":
+                differ = [f"model.{k}={getattr(model_config, k)} (released: {v})"
+                          for k, v in (("image_resize", "squash"), ("attention_fp32", True))
+                          if getattr(model_config, k) != v]
+                if differ:
+                    print(f"note: these weights were trained with the released preprocessing and numerics; this run "
+                          f"uses {', '.join(differ)}. Set them to the released values to keep what the weights "
+                          "learned, or fine-tune long enough to adapt (docs/your-robot.md)", flush=True)
     model.to(device).train()
     apply_freezing(model, config)
     parallelize(model, config.parallel, dist_info, device)
@@ -411,7 +419,7 @@ def build(config: TrainConfig) -> Trainer:
         embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda",
         depth=teacher is not None and config.data.depth_teacher == "sim-depth",
         depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None,
-        preload_images=config.data.preload_images)
+        preload_images=config.data.preload_images, image_resize=model_config.image_resize)
     return Trainer(config=config, device=device, dist=dist_info, model=model, model_config=model_config,
                    tokenizer=tokenizer, optimizer=optimizer, ema=ema, loader=loader, teacher=teacher,
                    norm_path=norm_path, autocast=precision == "bf16" and dist_info.mesh is None,
