@@ -36,6 +36,23 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
                    help="serve observations that lack a camera, its slot masked out (default: an error naming it)")
     p.set_defaults(func=serve)
 
+    e = commands.add_parser(
+        "eval-open", help="open-loop action error of a checkpoint on recorded episodes, with plots",
+        description="Give the served policy each recorded observation every STRIDE frames and compare its "
+                    "chunk, in robot units, with the recorded actions: error per joint, chunk-boundary jumps "
+                    "against the recording's, a PNG per episode, one JSON line.")
+    e.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    e.add_argument("dataset", metavar="DATASET_DIR", help="a LeRobot dataset of the checkpoint's embodiment")
+    e.add_argument("--episodes", type=int, nargs="*", default=None, help="episode_index values (default: the first N)")
+    e.add_argument("--num-episodes", type=int, default=5, help="N when --episodes is not given")
+    e.add_argument("--stride", type=int, default=None, help="frames between chunks (default: the chunk size)")
+    e.add_argument("--embodiment", default=None, help="when the checkpoint knows several")
+    e.add_argument("--seed", type=int, default=0, help="seeds each chunk's flow noise")
+    e.add_argument("--out", default=None, help="plots directory (default: CHECKPOINT/../eval_open)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=run_eval_open)
+
     b = bench.add_parser("serve", help="ms per chunk through Policy.infer and through the server (loopback)")
     _policy_args(b)
     b.add_argument("--repeats", type=int, default=30)
@@ -121,3 +138,25 @@ def _bench_smoothness(args: argparse.Namespace) -> int:
     from lingvla.serve.bench import bench_smoothness
 
     return bench_smoothness(args)
+
+
+def run_eval_open(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lingvla.data.errors import DataError
+    from lingvla.serve.open_loop import evaluate_open_loop
+    from lingvla.serve.policy import ObservationError, Policy
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval_open"
+    try:
+        policy = Policy.from_checkpoint(args.checkpoint, embodiment=args.embodiment, device=args.device)
+        report = evaluate_open_loop(policy, args.dataset, episodes=args.episodes, num_episodes=args.num_episodes,
+                                    stride=args.stride, seed=args.seed, out_dir=out,
+                                    progress=not args.no_progress, checkpoint=args.checkpoint)
+    except (FileNotFoundError, ValueError, DataError, ObservationError) as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report), flush=True)
+    return 0
