@@ -34,6 +34,9 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--allow-missing-cameras", action="store_true",
                    help="serve observations that lack a camera, its slot masked out (default: an error naming it)")
+    p.add_argument("--released-use-length", type=int, default=None,
+                   help="rows of each chunk returned to clients of the released LingBot-VLA messages "
+                        "(observation.images.*, task; reply 'action'); default: the whole chunk")
     p.set_defaults(func=serve)
 
     e = commands.add_parser(
@@ -116,7 +119,8 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("lingvla.serve").info("warm-up chunk (CUDA graph%s): %.1f s",
                                                 " + compile" if args.compile else "", policy.warmup())
     server = PolicyServer(policy, host=args.host, port=args.port, token=token,
-                          max_message_bytes=int(args.max_message_mb * 2**20), rtc_method=args.rtc_method)
+                          max_message_bytes=int(args.max_message_mb * 2**20), rtc_method=args.rtc_method,
+                          released_use_length=args.released_use_length)
 
     def announce():
         server.ready.wait()

@@ -14,6 +14,12 @@ Protocol (openpi-client's WebsocketClientPolicy works against it unchanged):
 Optional observation keys: "noise_seed" (int, deterministic sampling), "prefix_actions" /
 "prefix_delay" / "rtc_method" (real-time chunking, lingvla.serve.rtc).
 
+The released LingBot-VLA server's messages are answered too, told apart by their keys: a request
+{"observation.images.<camera>": HWC uint8, ..., "observation.state": raw joints, "task": str}
+gets {"action": float32 [use_length, dim] in robot units, "server_timing": {...}} (use_length:
+`released_use_length`, default the whole chunk), and {"reset": true, "robo_name": ...} gets
+{"action": None} (the policy keeps no state between requests, so a reset has nothing to clear).
+
 One model, one inference thread: requests from all connections queue FIFO in a single-worker
 executor while the asyncio loop keeps accepting, answering /healthz and keepalive pings. A request
 whose client goes away while it waits is skipped; one already running finishes and its reply is
@@ -51,6 +57,32 @@ class RequestError(ValueError):
     """A request the server cannot run; sent back to the client as text."""
 
 
+RELEASED_IMAGE_PREFIX = "observation.images."
+
+
+def _released_style(obs: dict) -> bool:
+    return "reset" in obs or "observation.state" in obs or any(
+        isinstance(k, str) and k.startswith(RELEASED_IMAGE_PREFIX) for k in obs)
+
+
+def _released_observation(obs: dict) -> dict:
+    """The released server's request -> Policy.infer's observation (camera keys kept whole: the
+    policy accepts an embodiment's dataset keys, e.g. observation.images.cam_high)."""
+    missing = [k for k in ("observation.state", "task") if k not in obs]
+    images = {k: v for k, v in obs.items() if isinstance(k, str) and k.startswith(RELEASED_IMAGE_PREFIX)}
+    if missing or not images:
+        raise RequestError(f"released-style request lacks {missing + ([] if images else ['observation.images.*'])} "
+                           "(expected observation.images.<camera>, observation.state, task)")
+    out = {"images": images, "state": obs["observation.state"], "prompt": obs["task"]}
+    for key in SERVER_KEYS:
+        if key in obs:
+            out[key] = obs[key]
+    unknown = sorted(set(obs) - set(images) - {"observation.state", "task", *SERVER_KEYS})
+    if unknown:
+        raise RequestError(f"released-style request has unknown keys {unknown}")
+    return out
+
+
 def check_token(header: str | None, token: str) -> http.HTTPStatus | None:
     """None if the Authorization header carries the token, else the status to refuse with."""
     if not header:
@@ -67,17 +99,23 @@ class PolicyServer:
     """Serve `policy` (anything with .infer(obs, **kw) -> {"actions": ...} and .metadata)."""
 
     def __init__(self, policy, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rtc_method: str = "inpaint"):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, rtc_method: str = "inpaint",
+                 released_use_length: int | None = None):
         from lingvla.serve.rtc import RTCConfig
 
         self.policy = policy
+        chunk = getattr(getattr(policy, "config", None), "chunk_size", None)
+        self.released_use_length = released_use_length if released_use_length is None else int(released_use_length)
+        if released_use_length is not None and not 1 <= released_use_length <= (chunk or released_use_length):
+            raise ValueError(f"released_use_length={released_use_length}; expected 1 .. chunk size {chunk}")
         self.host, self.port, self.token = host, port, token
         self.max_message_bytes = int(max_message_bytes)
         self.default_rtc = RTCConfig(method=rtc_method)
         self.metadata = dict(policy.metadata)
         self.metadata["server"] = {"protocol": "openpi-websocket", "max_message_bytes": self.max_message_bytes,
                                    "rtc_methods": ["inpaint", "guidance"], "rtc_default": rtc_method,
-                                   "optional_keys": list(SERVER_KEYS)}
+                                   "optional_keys": list(SERVER_KEYS),
+                                   "released_messages": {"use_length": self.released_use_length or chunk}}
         self.stats = {"connections": 0, "requests": 0, "errors": 0, "dropped": 0}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lingvla-infer")
         self._busy: set = set()
@@ -112,6 +150,12 @@ class PolicyServer:
             raise RequestError(f"observation must be a msgpack map; got {type(obs).__name__}")
         obs = dict(obs)
         kwargs = {}
+        if _released_style(obs):
+            kwargs["released"] = True
+            if obs.get("reset"):
+                kwargs["reset"] = True
+                return obs, kwargs
+            obs = _released_observation(obs)
         seed = obs.pop("noise_seed", None)
         if seed is not None:
             if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -141,6 +185,7 @@ class PolicyServer:
 
     def _infer(self, obs: dict, kwargs: dict, enqueued: float):
         started = time.perf_counter()
+        kwargs = {k: v for k, v in kwargs.items() if k != "released"}
         out = self.policy.infer(obs, **kwargs)
         done = time.perf_counter()
         return out, (started - enqueued) * 1000, (done - started) * 1000
@@ -154,6 +199,10 @@ class PolicyServer:
             obs, kwargs = self._parse(message)
         except (RequestError, ProtocolError) as err:
             return self._error(connection, err)
+        released = kwargs.get("released", False)
+        if kwargs.get("reset"):
+            log.info("reset from %s (robo_name %r)", connection.remote_address, obs.get("robo_name"))
+            return packb({"action": None})
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._executor, self._infer, obs, kwargs, time.perf_counter())
         closed = asyncio.ensure_future(connection.wait_closed())
@@ -177,8 +226,11 @@ class PolicyServer:
         timing = {"infer_ms": infer_ms, "queue_ms": queue_ms}
         if prev_total_ms is not None:
             timing["prev_total_ms"] = prev_total_ms
+        actions = np.asarray(out["actions"], dtype=np.float32)
+        if released:
+            return packb({"action": actions[:self.released_use_length], "server_timing": timing})
         reply = dict(out)
-        reply["actions"] = np.asarray(reply["actions"], dtype=np.float32)
+        reply["actions"] = actions
         reply["server_timing"] = timing
         return packb(reply)
 
