@@ -165,6 +165,13 @@ def test_released_split_layout_joins_arm_and_effector_and_matches_the_released_f
     x = rng.uniform(-3, 3, (4, 14))
     released = (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
     np.testing.assert_allclose(norm.normalize_action(x), released, rtol=1e-5, atol=1e-5)
+    exact = Normalizer.from_file(data, "aloha", mode="bounds_99_woclip")
+    np.testing.assert_allclose(exact.normalize_action(x), released, rtol=1e-12, atol=1e-12)
+    # the released formula has no floor: a constant dim is blown up as the release does
+    flat = {k: dict(v) for k, v in parts.items()}
+    flat["action.effector.position"]["q99"] = list(flat["action.effector.position"]["q01"])
+    blown = Normalizer.from_file({"norm_stats": flat}, "aloha", mode="bounds_99_woclip")
+    assert blown.scale["action"][6] == pytest.approx(5e-7) and blown.floored["action"] == []
     s_arm = parts["observation.state.arm.position"]
     assert norm.center["state"][6] == pytest.approx(
         (parts["observation.state.effector.position"]["q01"][0] + parts["observation.state.effector.position"]["q99"][0]) / 2)

@@ -247,7 +247,8 @@ def test_training_starts_from_released_weights_and_exports_them_back(dataset, tm
     summary = train(config, progress=False)
     printed = capsys.readouterr().out
     assert "init_from " in printed and "(released): " in printed
-    assert "model.image_resize=pad (released: squash), model.attention_fp32=False (released: True)" in printed
+    assert ("model.image_resize=pad (released: squash), model.attention_fp32=False (released: True), "
+            "data.normalization=quantile (released: bounds_99_woclip)") in printed
     # the released stats file was read as one robot's, joined, and shipped under the embodiment
     shipped = Normalizer.from_file(out / "export" / "norm_stats.json", "aloha")
     expected = Normalizer.from_file({"norm_stats": {"aloha": stats}}, "aloha")

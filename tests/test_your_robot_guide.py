@@ -45,7 +45,8 @@ def test_the_guide_end_to_end(tmp_path, capsys):
                         "attention_fp32": True},
               "init_from": str(tmp_path / "hf_ckpt"),
               "data": {"datasets": [{"path": str(data), "embodiment": "aloha", "exclude_episodes": [2]}],
-                       "norm_stats": str(tmp_path / "norm_stats.json"), "num_workers": 0},
+                       "norm_stats": str(tmp_path / "norm_stats.json"), "num_workers": 0,
+                       "normalization": "bounds_99_woclip"},
               "optim": {"lr": 1e-3, "warmup_steps": 0}, "batch_size": 4, "steps": 4, "save_every": 4,
               "output_dir": str(tmp_path / "run"), "tensorboard": False}
     (tmp_path / "my_robot_train.yaml").write_text(yaml.safe_dump(config))

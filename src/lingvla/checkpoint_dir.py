@@ -6,7 +6,7 @@
     tokenizer/          the prompt tokenizer
     norm_stats.json     normalization statistics per embodiment      (policy directories)
     embodiments.yaml    the embodiments' specs, so the directory is self-contained
-    policy.json         how to use the weights: {"normalization": "quantile" | "mean_std"}
+    policy.json         how to use the weights: {"normalization": "quantile" | "mean_std" | "bounds_99_woclip"}
     train_info.json     the training config and summary (optional; for people and reports)
 
 A directory with the first three is a network (`LingVLA.from_pretrained`); with all but the last,
@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from lingvla.data.normalize import MODES as NORMALIZATIONS
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -31,7 +33,6 @@ EMBODIMENTS_NAME = "embodiments.yaml"
 POLICY_NAME = "policy.json"
 TRAIN_INFO_NAME = "train_info.json"
 TMP_PREFIX = ".tmp_"
-NORMALIZATIONS = ("quantile", "mean_std")
 
 
 def write(out_dir: str | Path, state: dict[str, torch.Tensor], model_config, tokenizer, *,

@@ -10,6 +10,10 @@ Modes (both are y = (x - center) / scale, per dim):
   "quantile" (default, the released recipe): center = (q01 + q99) / 2, scale = (q99 - q01) / 2, so
              q01..q99 -> [-1, 1]; values outside are not clipped unless ``clip`` is given.
   "mean_std": center = mean, scale = std.
+  "bounds_99_woclip": the released LingBot-VLA formula exactly, (x - q01) / (q99 - q01 + 1e-6) * 2 - 1:
+             center = (q01 + q99 + 1e-6) / 2, scale = (q99 - q01 + 1e-6) / 2, no clipping and no floor
+             (use it with released weights; "quantile" differs from it only by that constant and
+             the floor).
 Scale floor: a dim whose scale is below ``min_scale`` (raw units, default 1e-3) uses min_scale
 instead - a constant or nearly constant dim would otherwise blow small deviations up to huge values;
 such dims are listed in a warning and in ``Normalizer.floored``.
@@ -33,7 +37,8 @@ import numpy as np
 
 from lingvla.data.errors import MissingStatsError
 
-MODES = ("quantile", "mean_std")
+MODES = ("quantile", "mean_std", "bounds_99_woclip")
+RELEASED_EPS = 1e-6
 DEFAULT_MIN_SCALE = 1e-3
 KEY_ALIASES = {"state": ("state", "observation.state"), "action": ("action", "actions")}
 SPLIT_SUFFIXES = (".arm.position", ".effector.position")
@@ -156,7 +161,7 @@ class Normalizer:
             if key not in stats:
                 raise MissingStatsError(f"{source}: no {key!r} stats for embodiment {embodiment!r}")
             s = stats[key]
-            need = ("q01", "q99") if mode == "quantile" else ("mean", "std")
+            need = ("mean", "std") if mode == "mean_std" else ("q01", "q99")
             missing = [f for f in need if f not in s]
             if missing:
                 raise MissingStatsError(f"{source}: {key!r} stats of embodiment {embodiment!r} lack {missing} "
@@ -164,12 +169,16 @@ class Normalizer:
             if mode == "quantile":
                 lo, hi = np.asarray(s["q01"], np.float64), np.asarray(s["q99"], np.float64)
                 center, scale = (lo + hi) / 2, (hi - lo) / 2
+            elif mode == "bounds_99_woclip":
+                lo, hi = np.asarray(s["q01"], np.float64), np.asarray(s["q99"], np.float64)
+                center, scale = (lo + hi + RELEASED_EPS) / 2, (hi - lo + RELEASED_EPS) / 2
             else:
                 center, scale = np.asarray(s["mean"], np.float64), np.asarray(s["std"], np.float64)
             if expected[key] is not None and len(center) != expected[key]:
                 raise MissingStatsError(f"{source}: {key!r} stats of embodiment {embodiment!r} have {len(center)} "
                                         f"dims; the embodiment has {expected[key]}")
-            small = np.flatnonzero(~(scale >= self.min_scale))
+            floor = 0.0 if mode == "bounds_99_woclip" else self.min_scale
+            small = np.flatnonzero(~(scale >= floor)) if floor > 0 else np.zeros(0, dtype=np.int64)
             if len(small):
                 names = s.get("names") or []
                 label = [names[i] if i < len(names) else i for i in small]

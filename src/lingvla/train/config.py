@@ -28,7 +28,8 @@ class DataConfig:
     norm_stats: str | None = None
     # "hours" (proportional to recorded time), "frames", "uniform" (explicit weights win).
     weights: str = "hours"
-    normalization: str = "quantile"  # "quantile" (q01..q99 -> [-1, 1]) or "mean_std"
+    # "quantile" (q01..q99 -> [-1, 1]), "mean_std", or "bounds_99_woclip" (the released formula exactly)
+    normalization: str = "quantile"
     num_workers: int = 2
     # Decode every frame once at the model's image size and hold it in memory (~1.3 GB for 50
     # ALOHA episodes, 3 cameras, 84 px): no per-sample video decoding, so num_workers 0 leaves
@@ -127,6 +128,10 @@ class TrainConfig:
         if self.data.image_shift and self.model.depth.enabled:
             raise ValueError("data.image_shift would move the images away from their depth targets: "
                              "set it to 0 with model.depth.enabled")
+        from lingvla.data.normalize import MODES
+
+        if self.data.normalization not in MODES:
+            raise ValueError(f"data.normalization={self.data.normalization!r}; expected one of {MODES}")
         if self.data.on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"data.on_bad_sample={self.data.on_bad_sample!r}; expected raise or skip")
         if self.data.depth_teacher not in ("sim-depth", "hf-depth"):

@@ -395,6 +395,8 @@ def build(config: TrainConfig) -> Trainer:
                 differ = [f"model.{k}={getattr(model_config, k)} (released: {v})"
                           for k, v in (("image_resize", "squash"), ("attention_fp32", True))
                           if getattr(model_config, k) != v]
+                if config.data.normalization != "bounds_99_woclip":
+                    differ.append(f"data.normalization={config.data.normalization} (released: bounds_99_woclip)")
                 if differ:
                     print(f"note: these weights were trained with the released preprocessing and numerics; this run "
                           f"uses {', '.join(differ)}. Set them to the released values to keep what the weights "
