@@ -242,3 +242,32 @@ def test_preloaded_images_equal_decoded_ones(data):
     loader = make_dataloader([data["aloha"]], batch_size=4, norm_stats=data["stats"], chunk_size=10,
                              image_size=32, preload_images=True)
     assert next(iter(loader))["images"].shape == (4, 3, 3, 32, 32)
+
+
+def test_training_samples_and_the_served_policy_share_one_transform(tmp_path):
+    """The state a training sample holds is what the served policy feeds the model for the same
+    raw state, and the policy's output maps back through the inverse of the actions' transform."""
+    import numpy as np
+
+    from lingvla import checkpoint_dir
+    from lingvla.config import tiny_config
+    from lingvla.data.samples import RobotDataset
+    from lingvla.data.synthetic import write_synthetic_dataset
+    from lingvla.serve.policy import Policy
+
+    root = write_synthetic_dataset(tmp_path / "data", num_episodes=1, episode_length=12, image_hw=(32, 32))
+    directory = checkpoint_dir.write_random(tmp_path / "ckpt", tiny_config(image_size=56), stats="random")
+    policy = Policy.from_checkpoint(directory)
+    dataset = RobotDataset(root, "aloha", norm_stats=str(directory / "norm_stats.json"), action_dim=32,
+                           chunk_size=4, image_size=56)
+    sample = dataset.sample(3)
+    src = dataset.source
+    columns, first = src.episode_rows(0)
+    raw_state = dataset.embodiment.gather("state", {c: columns[c][first + 3:first + 4] for c in dataset._columns})[0]
+    raw_actions = dataset.embodiment.gather("action", {c: columns[c][first + 3:first + 7] for c in dataset._columns})
+    frame = src.camera_frame("observation.images.top", 0, 3)
+    batch = policy.batch_from_obs({"images": {"top": frame, "left_wrist": frame, "right_wrist": frame},
+                                   "state": raw_state, "prompt": "open"})
+    torch.testing.assert_close(batch["state"][0], sample["state"])
+    assert torch.equal(batch["action_dim_mask"][0], sample["action_dim_mask"])
+    np.testing.assert_allclose(policy.actions_from_model(sample["actions"]), raw_actions, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 
 Modules (imported on demand, so `import lingvla.data` stays light):
   lerobot      LeRobotDataset (reader), LeRobotDatasetWriter, convert_dataset
-  video        VideoEncoder, VideoFrameReader, resize_with_pad
+  video        VideoEncoder, VideoFrameReader, fit_image (pad | squash)
+  transforms   RobotTransform: raw frames/state/actions -> batch contract -> robot units
   embodiments  YAML registry: load_registry, get_embodiment, Embodiment (pack/unpack/dim_mask)
   normalize    Normalizer, pad_to_unified, cut_from_unified
   stats        compute_norm_stats, write_norm_stats (`lingvla stats`)

@@ -34,6 +34,7 @@ from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodimen
 from lingvla.data.errors import BadSampleError, DatasetFormatError, EmbodimentMismatchError, NonFiniteValueError
 from lingvla.data.lerobot import INDEX_FEATURES, LeRobotDataset
 from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
+from lingvla.data.transforms import RobotTransform
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
 CONTRACT_KEYS = ("images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
@@ -96,9 +97,6 @@ class RobotDataset(torch.utils.data.Dataset):
         if image_resize != "pad" and (depth or depth_cache):
             raise ValueError("depth targets are fitted to the image by padding: use image_resize='pad' with depth")
         self.image_resize = image_resize
-        self.state_positions = self.embodiment.positions("state", self.action_dim)
-        self.action_positions = self.embodiment.positions("action", self.action_dim)
-        self.dim_mask = torch.from_numpy(self.embodiment.dim_mask(self.action_dim))
         available = set(self.source.video_keys) | set(self.source.image_keys)
         self.camera_keys = [self.embodiment.camera_key(slot, available) for slot in self.camera_slots]
         check_camera_mapping(self.source, self.embodiment, self.camera_slots, self.camera_keys, available)
@@ -124,6 +122,10 @@ class RobotDataset(torch.utils.data.Dataset):
             raise ValueError(f"norm stats have state/action dims {self.normalizer.state_dim}/"
                              f"{self.normalizer.action_dim}; embodiment {self.embodiment.name!r} has "
                              f"{self.embodiment.state_dim}/{self.embodiment.action_dim}")
+        # raw -> batch contract, the served policy's path too (frames are fitted by the reader)
+        self.transform = RobotTransform(self.embodiment, self.normalizer, self.action_dim, self.image_size,
+                                        image_resize)
+        self.dim_mask = self.transform.dim_mask
         self.on_bad_sample = on_bad_sample
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped = 0
@@ -214,9 +216,6 @@ class RobotDataset(torch.utils.data.Dataset):
                     f"{emb.name} {key} dim {dim} ({emb.dim_names(key)[dim]}) is {values[row, dim]}",
                     path=str(episode.data_path), key=key, episode=episode.index,
                     frame=int(min(frames[row], episode.length - 1)))
-        if self.normalizer is not None:
-            state = self.normalizer.normalize_state(state.astype(np.float32))
-            actions = self.normalizer.normalize_action(actions.astype(np.float32))
         images = np.zeros((len(self.camera_slots), 3, self.image_size, self.image_size), dtype=np.uint8)
         image_mask = np.zeros(len(self.camera_slots), dtype=bool)
         held = self._preloaded
@@ -253,8 +252,8 @@ class RobotDataset(torch.utils.data.Dataset):
             "images": torch.from_numpy(images),
             "image_mask": torch.from_numpy(image_mask),
             "prompt": prompt,
-            "state": torch.from_numpy(emb.pack("state", state.astype(np.float32), self.action_dim)),
-            "actions": torch.from_numpy(emb.pack("action", actions.astype(np.float32), self.action_dim)),
+            "state": torch.from_numpy(self.transform.state(state)),
+            "actions": torch.from_numpy(self.transform.actions(actions)),
             "action_dim_mask": self.dim_mask.clone(),
             "action_is_pad": torch.from_numpy(is_pad),
             "embodiment": emb.name,

@@ -19,7 +19,7 @@ import torch
 
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, parse_embodiment
 from lingvla.data.normalize import Normalizer
-from lingvla.data.video import fit_image
+from lingvla.data.transforms import RobotTransform
 from lingvla.model.lingvla import LingVLA
 
 IMAGE_PREFIX = "observation.images."
@@ -58,10 +58,10 @@ class Policy:
             self.sampler = GraphedSampler(self.model, num_steps=self.num_steps, compile_layers=compile_layers,
                                           fuse_expert=compile_layers)
         self.slots = CAMERA_SLOTS[:self.config.num_cameras]
-        width = self.config.action_dim
-        self.state_positions = embodiment.positions("state", width)
-        self.action_positions = embodiment.positions("action", width)
-        self.dim_mask = torch.from_numpy(embodiment.dim_mask(width))[None]
+        # raw observation -> batch contract -> robot units: the training samples' path too
+        self.transform = RobotTransform(embodiment, normalizer, self.config.action_dim, self.config.image_size,
+                                        self.config.image_resize)
+        self.dim_mask = self.transform.dim_mask[None]
         # Every name a client may use for a camera: the slot, the dataset key, its short form.
         self.camera_names: dict[str, int] = {}
         for i, slot in enumerate(self.slots):
@@ -123,7 +123,7 @@ class Policy:
             array = array.transpose(1, 2, 0)
         if array.shape[-1] != 3 or min(array.shape[:2]) < 1:
             raise ObservationError(f"images[{name!r}] must be HxWx3 (or 3xHxW); got shape {array.shape}")
-        return fit_image(array, self.config.image_size, self.config.image_resize).transpose(2, 0, 1)
+        return self.transform.image(array)
 
     def batch_from_obs(self, obs: dict) -> dict:
         """One observation -> a batch-contract dict of size 1 (normalized, padded)."""
@@ -166,7 +166,7 @@ class Policy:
         prompt = obs["prompt"]
         if not isinstance(prompt, str):
             raise ObservationError(f"prompt must be a str; got {type(prompt).__name__}")
-        unified = self.embodiment.pack("state", self.normalizer.normalize_state(state), self.config.action_dim)
+        unified = self.transform.state(state)
         return {"images": torch.from_numpy(pixels), "image_mask": torch.from_numpy(image_mask),
                 "prompt": [prompt], "state": torch.from_numpy(unified.astype(np.float32))[None],
                 "action_dim_mask": self.dim_mask.clone()}
@@ -188,8 +188,7 @@ class Policy:
 
     def actions_from_model(self, chunk: torch.Tensor) -> np.ndarray:
         """Model output [chunk, action_dim] (normalized, unified) -> robot units [chunk, dim]."""
-        robot = self.embodiment.unpack("action", chunk.float().cpu().numpy(), self.config.action_dim)
-        return np.asarray(self.normalizer.unnormalize_action(robot), dtype=np.float32)
+        return self.transform.to_robot(chunk)
 
     # ---------------------------------------------------------------------------------- infer
     @torch.no_grad()
