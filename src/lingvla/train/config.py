@@ -64,6 +64,12 @@ class OptimConfig:
     # Parameter-name substring -> learning-rate multiplier (e.g. {"depth": 10.0}). Left empty with
     # model.depth.enabled, the depth parameters get the paper's 10x ({"depth": 10.0}).
     lr_multipliers: dict[str, float] = field(default_factory=dict)
+    # LoRA (model/lora.py): rank > 0 adds low-rank adapters to the linear layers of lora_targets
+    # ("vision", "vlm", "expert") and freezes every other weight of those streams; the rest of the
+    # model trains as usual. Exports hold the merged weights.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["vlm"])
 
 
 @dataclass
@@ -129,6 +135,11 @@ class TrainConfig:
             raise ValueError("data.image_shift would move the images away from their depth targets: "
                              "set it to 0 with model.depth.enabled")
         from lingvla.data.normalize import MODES
+        from lingvla.model.lora import STREAMS
+
+        if self.optim.lora_rank < 0 or (self.optim.lora_rank and set(self.optim.lora_targets) - set(STREAMS)):
+            raise ValueError(f"optim.lora_rank={self.optim.lora_rank}, lora_targets={self.optim.lora_targets}; "
+                             f"expected rank >= 0 and targets among {STREAMS}")
 
         if self.data.normalization not in MODES:
             raise ValueError(f"data.normalization={self.data.normalization!r}; expected one of {MODES}")

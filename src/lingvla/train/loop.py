@@ -62,11 +62,16 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def apply_freezing(model: nn.Module, config: TrainConfig) -> None:
-    """Freeze by config, and freeze the parameters no loss reaches (see unused_parameter_names)."""
+    """Freeze by config, and freeze the parameters no loss reaches (see unused_parameter_names).
+    With LoRA, only the adapters train in the targeted streams."""
+    from lingvla.model.lora import is_lora_name, stream_of
+
     o = config.optim
     unused = set(model.unused_parameter_names())
     for name, p in model.named_parameters():
         if name in unused:
+            p.requires_grad_(False)
+        if o.lora_rank and stream_of(name) in o.lora_targets and not is_lora_name(name):
             p.requires_grad_(False)
         if o.freeze_vision and name.startswith("vision."):
             p.requires_grad_(False)
@@ -401,6 +406,13 @@ def build(config: TrainConfig) -> Trainer:
                     print(f"note: these weights were trained with the released preprocessing and numerics; this run "
                           f"uses {', '.join(differ)}. Set them to the released values to keep what the weights "
                           "learned, or fine-tune long enough to adapt (docs/your-robot.md)", flush=True)
+    if config.optim.lora_rank:
+        from lingvla.model.lora import apply_lora
+
+        adapted = apply_lora(model, config.optim.lora_rank, config.optim.lora_alpha, config.optim.lora_targets)
+        if dist_info.is_main:
+            print(f"LoRA rank {config.optim.lora_rank} on {len(adapted)} linear layers of "
+                  f"{config.optim.lora_targets}", flush=True)
     model.to(device).train()
     apply_freezing(model, config)
     parallelize(model, config.parallel, dist_info, device)
@@ -611,11 +623,21 @@ def train(config: TrainConfig, progress: bool = True, save: bool = True,
     return summary
 
 
+def merged_state(state: dict, config: TrainConfig) -> dict:
+    """The weights an export holds: LoRA adapters folded into their layers when the run has them."""
+    if not config.optim.lora_rank:
+        return state
+    from lingvla.model.lora import merge_lora_state
+
+    return merge_lora_state(state, config.optim.lora_alpha / config.optim.lora_rank)
+
+
 def _export(out: Path, state: dict, model_config, tokenizer, config: TrainConfig, norm_path,
             summary: dict) -> Path:
     """The inference directory of a run: weights, its norm stats and embodiment specs, train_info."""
     from lingvla import checkpoint_dir
 
+    state = merged_state(state, config)
     norm_stats = json.loads(Path(norm_path).read_text())
     return checkpoint_dir.write(out, state, model_config, tokenizer, norm_stats=norm_stats,
                                 embodiments=_embodiment_specs(config, norm_stats),
@@ -667,6 +689,10 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
                                 f"steps saved: {sorted(found)}")
     config = load_train_config(str(config_path))
     model = build_model(config.model)
+    if config.optim.lora_rank:
+        from lingvla.model.lora import apply_lora
+
+        apply_lora(model, config.optim.lora_rank, config.optim.lora_alpha, config.optim.lora_targets)
     state = {"model": get_model_state_dict(model)}
     names = [] if raw else checkpoint_ema_names(found[step])
     params = dict(model.named_parameters())
@@ -692,7 +718,7 @@ def export_checkpoint(run_dir: str | Path, step: int | None = None, out: str | P
     if layout == "released":
         from lingvla.model.released import write_released
 
-        return write_released(out, full_state_dict(model), model.config, drop=tuple(drop))
+        return write_released(out, merged_state(full_state_dict(model), config), model.config, drop=tuple(drop))
     summary = {"steps": step, "output_dir": str(run_dir), "export": str(out), "from_checkpoint": str(found[step]),
                "weights": weights_note}
     return _export(out, full_state_dict(model), model.config, model.prompt_tokenizer.tokenizer, config,
