@@ -102,6 +102,17 @@ def add_commands(commands, bench) -> None:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
+    sweep = commands.add_parser(
+        "sweep", help="a grid of (demonstrations, training seed, variant) cells: train, evaluate, CSV, plot",
+        description="Run every cell of a sweep spec (lingvla/sim/sweep.py documents the keys): the demo's "
+                    "recipe trained for a fixed number of steps on the first N demonstrations, evaluated "
+                    "closed loop; results.csv gets one row per finished cell, sweep.png plots success with "
+                    "95%% intervals. Rerun after a kill to finish: finished cells are kept.")
+    sweep.add_argument("spec", metavar="SPEC.yaml")
+    sweep.add_argument("--out", default=None, help="output directory (default: the spec's out)")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(func=_sweep)
+
     sim = bench.add_parser("sim", help="ALOHA simulator steps/s with rendering (JSON lines)")
     sim.add_argument("--task", choices=TASK_NAMES, default="transfer_cube")
     sim.add_argument("--image-sizes", type=int, nargs="+", default=[64, 96, 224])
@@ -199,3 +210,19 @@ def _bench_sim(args: argparse.Namespace) -> int:
                           "steps": steps, "steps_per_s": round(steps / seconds, 1),
                           "ms_per_step": round(1000 * seconds / steps, 2)}), flush=True)
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from lingvla.sim.sweep import SweepSpec, run_sweep
+
+    try:
+        spec = SweepSpec.load(args.spec, out=args.out)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"error: {err}", flush=True)
+        return 2
+    result = run_sweep(spec, progress=not args.no_progress)
+    print(json.dumps({"cells": len(result["rows"]), "failed": result["failed"], "csv": result["csv"],
+                      "plot": result["plot"]}), flush=True)
+    return 1 if result["failed"] else 0

@@ -1,0 +1,63 @@
+"""`lingvla sweep`: a grid of tiny cells runs end to end, a kill keeps the finished cells (they are
+not run again), a failing cell is logged while the others finish, and the CSV and plot come out."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from lingvla.cli import main
+
+SPEC = {
+    "task": "transfer_cube", "demonstrations": [2, 3], "train_seeds": [0],
+    "variants": {"base": [], "broken": ["model.image_size=57"]},
+    "overrides": ["batch_size=4", "model.vision.hidden_size=32", "model.llm.hidden_size=32",
+                  "model.expert.hidden_size=32", "model.llm.intermediate_size=64", "model.vision.intermediate_size=64",
+                  "model.expert.intermediate_size=64", "save_every=1"],
+    "steps": 2, "eval_episodes": 2, "eval_seed": 900000, "image_size": 56, "workers": 1, "eval_max_steps": 10,
+}
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_resumes_after_a_kill_and_survives_a_failing_cell(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "out": str(tmp_path / "sweep")}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lingvla.cli", "sweep", str(spec), "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "sweep" / "results.csv"
+    deadline = time.time() + 400
+    while time.time() < deadline and not (results.is_file() and len(rows(results)) >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = rows(results)
+    assert len(first) == 1 and first[0]["cell"] == "base-n2-s0"
+    kept = tmp_path / "sweep" / "cells" / "base-n2-s0" / "eval" / "results.json"
+    stamp = kept.stat().st_mtime_ns
+
+    assert main(["sweep", str(spec), "--no-progress"]) == 1  # the broken variant's cells fail
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["failed"] == ["broken-n2-s0", "broken-n3-s0"] and summary["cells"] == 2
+    table = rows(results)
+    assert [r["cell"] for r in table] == ["base-n2-s0", "base-n3-s0"]
+    assert table[0] == first[0] and kept.stat().st_mtime_ns == stamp  # not run again
+    for row in table:
+        assert int(row["episodes"]) == 2 and 0 <= float(row["success_rate"]) <= 1
+        assert float(row["ci_low"]) <= float(row["success_rate"]) <= float(row["ci_high"])
+    n3 = yaml.safe_load((tmp_path / "sweep" / "cells" / "base-n3-s0" / "train" / "train_config.yaml").read_text())
+    assert n3["data"]["datasets"][0]["episodes"] == [0, 1, 2] and n3["steps"] == 2
+    failures = [json.loads(line) for line in (tmp_path / "sweep" / "failures.jsonl").read_text().splitlines()]
+    assert {f["cell"] for f in failures} == {"broken-n2-s0", "broken-n3-s0"}
+    assert all("image_size=57" in f["error"] for f in failures)
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
