@@ -277,6 +277,22 @@ def test_resume_on_another_number_of_processes_and_hsdp(dataset, tmp_path):
             torch.testing.assert_close(got[key], reference[key], rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_offload_trains_as_without_it(dataset, tmp_path):
+    """parallel.cpu_offload (FSDP2's CPUOffloadPolicy; one process gets an FSDP group of its own)
+    computes the losses of a plain run."""
+    plain = run_cli(overrides(dataset, tmp_path / "plain", steps=3, save_every=100))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    offload = run_cli(overrides(dataset, tmp_path / "offload", steps=3, save_every=3, **{"parallel.cpu_offload": "true"}))
+    assert offload.returncode == 0, offload.stderr[-3000:]
+    expected, got = losses(tmp_path / "plain"), losses(tmp_path / "offload")
+    assert sorted(got) == [1, 2, 3]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), (step, got, expected)
+    from lingvla.model.lingvla import LingVLA
+
+    LingVLA.from_pretrained(tmp_path / "offload" / "export")
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     from lingvla.model.lingvla import LingVLA
     from lingvla.train.loop import NonFiniteLossError

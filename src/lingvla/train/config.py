@@ -82,6 +82,9 @@ class ParallelConfig:
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each joint layer (identical layers compile once)
     activation_checkpointing: bool = False
+    # FSDP2 CPU offload: parameter shards, gradients and optimizer states in host memory (one
+    # process gets an FSDP group of its own); trades step time for device memory
+    cpu_offload: bool = False
     attn_backend: str = "auto"  # auto: flex on CUDA, sdpa on CPU
 
 

@@ -44,8 +44,17 @@ class Distributed:
 def init_distributed(device: torch.device, parallel: ParallelConfig) -> Distributed:
     """Join the torchrun process group when launched by torchrun; else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and not parallel.cpu_offload:
         return Distributed()
+    if world == 1 and "RANK" not in os.environ:
+        # CPU offload is an FSDP2 feature: one process gets a process group of its own
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                           "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         # Small bookkeeping reductions (loss, entry counts) run on CPU tensors: give CPU tensors
@@ -85,12 +94,16 @@ def apply_compile(model: nn.Module) -> None:
         layer.compile(dynamic=False)
 
 
-def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def apply_fsdp(model: nn.Module, mesh, precision: str, cpu_offload: bool = False) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs = {"mesh": mesh}
     if precision == "bf16":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        # parameter shards, their gradients and so the optimizer states live in host memory; each
+        # unit is copied to the device for its forward and backward
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     blocks = getattr(model.vision.visual, "blocks", [])
     for block in blocks:
         fully_shard(block, **kwargs)
@@ -110,5 +123,6 @@ def parallelize(model: nn.Module, parallel: ParallelConfig, dist_info: Distribut
         apply_compile(model)
     precision = resolve_precision(parallel, device)
     if dist_info.mesh is not None:
-        apply_fsdp(model, dist_info.mesh, precision)
+        apply_fsdp(model, dist_info.mesh, precision, parallel.cpu_offload)
+
     return model
