@@ -57,6 +57,8 @@ step train_lora 150 $LV bench train --preset $PRESET --device $DEVICE --batch $B
 step train_frozen 120 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 8 --warmup 3 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true \
     optim.freeze_vision=true optim.freeze_llm=true
+step train_offload 150 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 6 --warmup 2 --workers 6 \
+    --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true parallel.cpu_offload=true
 step infer_flex 90 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend flex \
     --repeats 20 --warmup 3 --skip-uncached
 rm -f "$OUT/.step"
