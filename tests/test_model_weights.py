@@ -6,6 +6,7 @@ and export through the config and the CLI."""
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -266,3 +267,34 @@ def test_training_starts_from_released_weights_and_exports_them_back(dataset, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="layout="):
         export_checkpoint(out, layout="onnx")
+
+
+def test_import_a_released_checkpoint_as_a_policy(dataset, tmp_path, capsys):
+    """`lingvla import`: released weights + a released stats file + an embodiment -> a policy
+    directory that serves, with the released preprocessing when config.json gives no lingvla sizes."""
+    from lingvla.cli import main
+    from lingvla.serve.policy import Policy
+
+    source = tiny_model(5, image_size=56)
+    directory = released_dir(tmp_path, source, "hf_ckpt")
+    released_split_stats(dataset, tmp_path / "robotwin_50.json")
+    config = json.loads((directory / released.CONFIG_NAME).read_text())
+    del config["lingvla"]  # as the release writes it: sizes from the preset and config.json
+    (directory / released.CONFIG_NAME).write_text(json.dumps(config))
+    args = ["import", str(directory), "--out", str(tmp_path / "policy"), "--norm-stats",
+            str(tmp_path / "robotwin_50.json"), "--embodiment", "aloha", "--preset", "tiny", "--tokenizer", "tiny"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["init_from"]["kind"] == "released"
+    policy = Policy.from_checkpoint(tmp_path / "policy")
+    assert policy.config.image_resize == "squash" and policy.config.attention_fp32
+    assert policy.normalizer.mode == "bounds_99_woclip" and policy.config.action_dim == 32
+    for key, value in source.state_dict().items():
+        assert torch.equal(policy.model.state_dict()[key], value), key
+    frame = np.zeros((48, 64, 3), np.uint8)
+    out = policy.infer({"images": {"cam_high": frame, "cam_left_wrist": frame, "cam_right_wrist": frame},
+                        "state": np.zeros(14, np.float32), "prompt": "open"})
+    assert out["actions"].shape == (50, 14)
+    assert main([*args[:3], str(tmp_path / "other"), *args[4:6], "--embodiment", "nobody"]) == 2
+    assert "unknown embodiment 'nobody'" in capsys.readouterr().out
+    assert main(["import", str(tmp_path), "--out", str(tmp_path / "x"), "--norm-stats", "s", "--embodiment", "aloha"]) == 2
+    assert "not a released LingBot-VLA checkpoint" in capsys.readouterr().out

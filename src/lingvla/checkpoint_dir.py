@@ -171,3 +171,45 @@ def write_random(out_dir: str | Path, model_config, *, seed: int = 0, embodiment
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return write(out_dir, state, model.config, model.prompt_tokenizer.tokenizer, norm_stats=norm_stats,
                  embodiments={embodiment: emb.to_spec()}, normalization="quantile", train_info=train_info)
+
+
+def import_released(released_dir: str | Path, out_dir: str | Path, *, norm_stats: str | Path, embodiment: str,
+                    tokenizer: str | None = None, preset: str = "lingbot-4b", drop: tuple[str, ...] = (),
+                    normalization: str = "bounds_99_woclip", embodiment_paths=None) -> tuple[Path, dict]:
+    """A policy directory (what `lingvla serve` and `lingvla eval-sim` load) from a released
+    LingBot-VLA checkpoint, its norm-stats file and the robot's embodiment. The sizes come from the
+    checkpoint's config.json (a `lingvla` entry when we wrote it; else `preset` with its
+    chunk_size, max_action_dim, tokenizer_max_length and num_steps, and the released
+    preprocessing and numerics: image_resize squash, attention_fp32). The weights are loaded
+    strictly (lingvla.model.weights.init_from; `drop` as its init_drop). Returns (out_dir, report)."""
+    from lingvla.config import ModelConfig, preset as make_preset
+    from lingvla.data.embodiments import load_registry
+    from lingvla.data.normalize import load_stats_file, select_stats
+    from lingvla.model import released
+    from lingvla.model.lingvla import LingVLA
+    from lingvla.model.weights import init_from
+
+    released_dir = Path(released_dir)
+    if not released.is_released_dir(released_dir):
+        raise ValueError(f"{released_dir} is not a released LingBot-VLA checkpoint (safetensors + "
+                         f"{released.INDEX_NAME} + {released.CONFIG_NAME} with \"type\": \"pi0\")")
+    config_json = json.loads((released_dir / released.CONFIG_NAME).read_text())
+    if "lingvla" in config_json:
+        model_config = ModelConfig.from_dict(config_json["lingvla"])
+    else:
+        sizes = {k: config_json[src] for k, src in (("chunk_size", "chunk_size"), ("action_dim", "max_action_dim"),
+                                                   ("max_token_len", "tokenizer_max_length"),
+                                                   ("num_steps", "num_steps")) if src in config_json}
+        model_config = make_preset(preset, image_resize="squash", attention_fp32=True, **sizes)
+    if tokenizer is not None:
+        model_config.tokenizer = tokenizer
+    emb = load_registry(embodiment_paths).get(embodiment)
+    data, source = load_stats_file(norm_stats)
+    stats = {"norm_stats": {embodiment: select_stats(data, embodiment, source)}, "count": data.get("count"),
+             "converted_from": str(Path(norm_stats).resolve())}
+    model = LingVLA(model_config)
+    report = init_from(model, released_dir, drop)
+    write(out_dir, model.state_dict(), model.config, model.prompt_tokenizer.tokenizer, norm_stats=stats,
+          embodiments={embodiment: emb.to_spec()}, normalization=normalization,
+          train_info={"imported_from": str(released_dir.resolve()), "init_from": report.to_dict()})
+    return Path(out_dir), report.to_dict()

@@ -1,4 +1,4 @@
-"""Model commands: `lingvla bench infer`."""
+"""Model commands: `lingvla import` (a released checkpoint -> a policy directory) and `lingvla bench infer`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,24 @@ import json
 
 
 def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    i = commands.add_parser(
+        "import", help="a policy directory from a released LingBot-VLA checkpoint (to serve or evaluate it)",
+        description="Write a lingvla policy directory (what lingvla serve, eval-sim and eval-open load) from a "
+                    "released LingBot-VLA checkpoint directory, its norm-stats file and the robot's embodiment. "
+                    "Weights load strictly; the released preprocessing and numerics are set.")
+    i.add_argument("released", metavar="RELEASED_DIR", help=".../hf_ckpt: shards, index, config.json")
+    i.add_argument("--out", required=True, help="the policy directory to write")
+    i.add_argument("--norm-stats", required=True, help="the released norm-stats JSON (either layout) or ours")
+    i.add_argument("--embodiment", required=True, help="the robot (e.g. aloha)")
+    i.add_argument("--embodiments", action="append", default=[], metavar="PATH", help="extra embodiment YAML")
+    i.add_argument("--tokenizer", default=None, help="a local Qwen2.5-VL directory (the release ships none)")
+    i.add_argument("--preset", default="lingbot-4b", help="sizes when config.json does not give them")
+    i.add_argument("--drop", nargs="*", default=[], metavar="PREFIX",
+                   help="tensors to leave out on purpose (e.g. model.depth_align_head.)")
+    i.add_argument("--normalization", default="bounds_99_woclip",
+                   help="bounds_99_woclip (the released formula), quantile or mean_std")
+    i.set_defaults(func=run_import)
+
     p = bench.add_parser("infer", help="ms per action chunk, KV-cached vs uncached sampling")
     p.add_argument("--preset", default="tiny", help="model preset (tiny | lingbot-4b); random weights")
     p.add_argument("--batch", type=int, default=1)
@@ -30,6 +48,21 @@ def add_commands(commands: argparse._SubParsersAction, bench: argparse._SubParse
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="model config overrides, e.g. llm.num_layers=4 vision.depth=1")
     p.set_defaults(func=bench_infer)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from lingvla.checkpoint_dir import import_released
+    from lingvla.data.errors import DataError
+
+    try:
+        out, report = import_released(args.released, args.out, norm_stats=args.norm_stats, embodiment=args.embodiment,
+                                      tokenizer=args.tokenizer, preset=args.preset, drop=tuple(args.drop),
+                                      normalization=args.normalization, embodiment_paths=args.embodiments or None)
+    except (FileNotFoundError, ValueError, KeyError, DataError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", flush=True)
+        return 2
+    print(json.dumps({"policy": str(out), "init_from": report}), flush=True)
+    return 0
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
