@@ -10,8 +10,8 @@ from lingvla.model.attention import (ACTION_BLOCK, DEPTH_QUERY, ORDINARY, PREFIX
 from lingvla.model.depth import HFDepthTeacher, SimDepthTeacher, make_teacher
 
 
-def depth_model(seed=0):
-    return tiny_model(seed, depth=dict(enabled=True))
+def depth_model(seed=0, head="perceiver"):
+    return tiny_model(seed, depth=dict(enabled=True, head=head))
 
 
 def targets(model, batch_size=2, seed=0):
@@ -59,10 +59,11 @@ def test_query_mask_matches_reference_and_flex_agrees():
     torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
 
 
-def test_depth_parameters_are_registered_trained_and_saved(tmp_path):
+@pytest.mark.parametrize("head", ["perceiver", "released"])
+def test_depth_parameters_are_registered_trained_and_saved(tmp_path, head):
     from lingvla.model.lingvla import LingVLA
 
-    model = depth_model().train()
+    model = depth_model(head=head).train()
     names = {n for n, _ in model.named_parameters()}
     assert "depth_embeddings" in names and any(n.startswith("depth_align_head.") for n in names)
     assert model.unused_parameter_names() == []
@@ -83,7 +84,9 @@ def test_depth_parameters_are_registered_trained_and_saved(tmp_path):
     model.eval().save_pretrained(tmp_path / "ckpt")
     loaded = LingVLA.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded.depth_embeddings, model.depth_embeddings)
-    assert torch.equal(loaded.depth_align_head.proj.weight, model.depth_align_head.proj.weight)
+    for name, value in model.state_dict().items():
+        if name.startswith("depth_align_head."):
+            assert torch.equal(loaded.state_dict()[name], value), name
 
 
 def test_queries_leave_image_and_text_states_unchanged_and_reach_the_actions():

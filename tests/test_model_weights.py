@@ -66,12 +66,27 @@ def test_every_4b_tensor_has_one_released_name_and_back():
     assert shapes[released.released_to_ours("model.state_proj.weight")] == (768, 75)
     assert shapes[released.released_to_ours(
         "model.qwenvl_with_expert.qwen_expert.model.layers.35.post_attention_layernorm.gamma.weight")] == (768, 768)
-    # The depth variant's parameters of ours have no released name (the release's head differs).
+    # Our own depth head has no released names; built with the released head's structure, its 19
+    # tensors take the released names and shapes, and only the never-saved queries have none.
     with empty_parameters():
         depth = LingVLA(preset("lingbot-4b", depth=dict(enabled=True)), tokenizer=build_tiny_tokenizer())
     extra = [n for n in depth.state_dict() if n not in shapes]
     assert extra and all(released.ours_to_released(n) is None for n in extra)
-    assert released.released_to_ours("model.depth_align_head.projector.proj_out.weight") is None
+    with empty_parameters():
+        depth = LingVLA(preset("lingbot-4b", depth=dict(enabled=True, head="released")),
+                        tokenizer=build_tiny_tokenizer())
+    extra = {n: tuple(v.shape) for n, v in depth.state_dict().items() if n not in shapes}
+    assert len(extra) == 20 and released.ours_to_released("depth_embeddings") is None
+    head = {released.ours_to_released(n): s for n, s in extra.items() if n != "depth_embeddings"}
+    P = "model.depth_align_head.projector."
+    assert all(k.startswith(P) for k in head) and len(head) == 19
+    expected = {"proj_in1.weight": (2048, 2048), "proj_in2.weight": (2048, 2048), "proj_out.weight": (1024, 2048),
+                "norm_out.weight": (1024,), "layers.0.0.to_q.weight": (128, 2048),
+                "layers.0.0.to_kv.weight": (256, 2048), "layers.0.0.to_out.weight": (2048, 128),
+                "layers.0.1.1.weight": (2048, 2048), "layers.0.1.3.weight": (2048, 2048)}
+    for key, shape in expected.items():
+        assert head[P + key] == shape, key
+    assert all(released.released_to_ours(k) in extra for k in head)
 
 
 def test_released_round_trip_is_bit_identical(tmp_path):
@@ -138,10 +153,22 @@ def test_strict_loading_names_what_does_not_fit(tmp_path):
     assert torch.equal(target.state_proj.weight, before)
     assert torch.equal(target.state_proj.bias, source.state_proj.bias)
 
+    # the released depth head loads into a model built with its structure
+    torch.manual_seed(8)
+    with_head = LingVLA(tiny_config(depth=dict(enabled=True, head="released")))
+    head_dir = released.write_released(tmp_path / "with_head", with_head.state_dict(), with_head.config,
+                                       drop=("depth_embeddings",))
+    target = tiny_model(1, depth=dict(enabled=True, head="released"))
+    report = init_from(target, head_dir)
+    assert report.kept == ["depth_embeddings"] and not report.dropped
+    for key, value in with_head.state_dict().items():
+        if key != "depth_embeddings":
+            assert torch.equal(target.state_dict()[key], value), key
+
     head = variant("depth_head", lambda s: s.update({
         "model.depth_align_head.projector.proj_out.weight": torch.zeros(4, 4),
         "model.depth_align_head.projector.norm_out.bias": torch.zeros(4)}))
-    with pytest.raises(WeightsMismatchError, match="released depth head differs from ours"):
+    with pytest.raises(WeightsMismatchError, match="depth.head=released to load it"):
         init_from(tiny_model(1), head)
     report = init_from(tiny_model(1), head, drop=[released.DEPTH_HEAD_PREFIX])
     assert len(report.dropped) == 2 and report.loaded == len(tensors)

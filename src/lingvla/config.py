@@ -72,6 +72,13 @@ class DepthConfig:
     teacher_dim: int = 1024
     head_heads: int = 8
     loss_weight: float = 0.003
+    # "perceiver": our one-layer resampler; "released": the released LingBot-VLA head's structure
+    # (proj_in1/proj_in2, head_layers x [attention of width head_inner, feed-forward x head_ff_mult],
+    # proj_out, norm_out), so a released depth checkpoint's head loads one to one
+    head: str = "perceiver"
+    head_inner: int = 128
+    head_layers: int = 1
+    head_ff_mult: int = 1
 
 
 @dataclass
@@ -147,6 +154,8 @@ class ModelConfig:
         if self.image_resize != "pad" and self.depth.enabled:
             raise ValueError("depth targets are fitted to the image by padding: image_resize must be pad "
                              "with depth.enabled")
+        if d.head not in ("perceiver", "released"):
+            raise ValueError(f"depth.head={d.head!r}; expected perceiver or released")
         if self.expert.hidden_size % 2:
             raise ValueError("expert.hidden_size must be even (sin/cos time embedding)")
         for name, value, allowed in (("time_sampling", self.time_sampling, ("beta", "uniform")),

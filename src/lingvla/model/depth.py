@@ -5,6 +5,8 @@
       -> the VLM stream processes them under the query mask rules (attention.py)
     DepthAlignHead: a one-layer Perceiver resampler; latents = depth_embeddings, context = each
       camera's final [image tokens + query outputs]; projected to the teacher's width
+      (depth.head: released - the released model's head structure instead, ReleasedDepthHead,
+      whose checkpoint tensors then load one to one)
     loss = smooth-L1(head, teacher tokens), over present cameras, times depth.loss_weight
 
 Teachers share one small interface - teacher(x) -> tokens [B, C, N, D] without gradients - and are
@@ -42,6 +44,75 @@ class DepthAlignHead(nn.Module):
         x = x + self.attn(self.norm_latents(x), kv, kv, need_weights=False)[0]
         x = x + self.mlp(self.norm_mlp(x))
         return self.proj(x)
+
+
+class ReleasedPerceiverAttention(nn.Module):
+    """Latents attend to [context, latents] (the released depth head's block): pre-norms, q from the
+    latents, k/v from both, no biases, scaled dot-product attention over `heads` heads."""
+
+    def __init__(self, dim: int, inner: int, heads: int):
+        super().__init__()
+        if inner % heads:
+            raise ValueError(f"depth head width {inner} must divide into {heads} heads")
+        self.heads = heads
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        context, latents = self.norm_media(context), self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat([context, latents], dim=1)).chunk(2, dim=-1)
+        b, n, inner = q.shape
+        q, k, v = (t.view(b, t.shape[1], self.heads, inner // self.heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, inner))
+
+
+class ReleasedDepthProjector(nn.Module):
+    """The released LingBot-VLA depth head's structure (`projector.*`: proj_in1 on the queries,
+    proj_in2 on the context, `layers` of [attention, feed-forward] with residuals, proj_out,
+    norm_out), so its checkpoint's tensors load one to one (depth.head: released)."""
+
+    def __init__(self, hidden: int, teacher_dim: int, heads: int, inner: int, layers: int, ff_mult: int):
+        super().__init__()
+        self.proj_in1 = nn.Linear(hidden, hidden)
+        self.proj_in2 = nn.Linear(hidden, hidden)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([ReleasedPerceiverAttention(hidden, inner, heads),
+                           nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden * ff_mult, bias=False),
+                                         nn.GELU(), nn.Linear(hidden * ff_mult, hidden, bias=False))])
+            for _ in range(layers))
+        self.proj_out = nn.Linear(hidden, teacher_dim)
+        self.norm_out = nn.LayerNorm(teacher_dim)
+
+    def forward(self, context: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        queries, context = self.proj_in1(queries), self.proj_in2(context)
+        for attn, ff in self.layers:
+            queries = attn(context, queries) + queries
+            queries = ff(queries) + queries
+        return self.norm_out(self.proj_out(queries))
+
+
+class ReleasedDepthHead(nn.Module):
+    """DepthAlignHead's interface around the released structure (tensors under `projector.`)."""
+
+    def __init__(self, hidden: int, teacher_dim: int, heads: int, inner: int, layers: int, ff_mult: int):
+        super().__init__()
+        self.projector = ReleasedDepthProjector(hidden, teacher_dim, heads, inner, layers, ff_mult)
+
+    def forward(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        queries = latents[None].expand(context.shape[0], -1, -1).to(context.dtype)
+        return self.projector(context, queries)
+
+
+def make_depth_head(hidden: int, depth: DepthConfig) -> nn.Module:
+    if depth.head == "released":
+        return ReleasedDepthHead(hidden, depth.teacher_dim, depth.head_heads, depth.head_inner,
+                                 depth.head_layers, depth.head_ff_mult)
+    return DepthAlignHead(hidden, depth.teacher_dim, depth.head_heads)
 
 
 def pooled_queries(embeddings: torch.Tensor, num_queries: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from lingvla.model import flow
 from lingvla.model.attention import (ACTION_BLOCK, DEPTH_QUERY, ORDINARY, PREFIX_BLOCK, STATE_BLOCK,
                                      QueryGroups, build_mask)
 from lingvla.model.backbone import ImageEncoder, VLMParts, build_vlm, config_from_pretrained, load_vlm
-from lingvla.model.depth import DepthAlignHead, depth_loss, pooled_queries
+from lingvla.model.depth import depth_loss, make_depth_head, pooled_queries
 from lingvla.model.expert import ExpertLayer, FusedExpert, RMSNorm, time_embedding
 from lingvla.model.mot import MoTLayer, rope_cos_sin
 from lingvla.model.tokenizer import PromptTokenizer, load_tokenizer
@@ -103,7 +103,7 @@ class LingVLA(nn.Module):
         depth = config.depth
         if depth.enabled:
             self.depth_embeddings = nn.Parameter(torch.empty(depth.num_latents, llm.hidden_size))
-            self.depth_align_head = DepthAlignHead(llm.hidden_size, depth.teacher_dim, depth.head_heads)
+            self.depth_align_head = make_depth_head(llm.hidden_size, depth)
         self._init_own_weights()
         self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if tokenizer is None:

@@ -14,10 +14,10 @@ A released directory (`.../hf_ckpt/`) holds safetensors shards, `model.safetenso
 (its weight_map names the shard of every tensor) and a `config.json` dump of the policy config
 (`"type": "pi0"`, chunk_size, max_action_dim, tokenizer_max_length, num_steps, ...).
 
-Not mapped, on purpose: the release's depth head (`model.depth_align_head.*`, a projector around a
-Perceiver block) has another structure than ours (lingvla/model/depth.py), and its depth query
-embeddings are not in its checkpoints at all; our depth parameters have no released name either.
-Loading one into the other is an explicit choice (`init_drop`, lingvla/model/weights.py).
+The release's depth head (`model.depth_align_head.projector.*`) maps to ours by name when the model
+is built with `depth.head: released` (the same structure, lingvla/model/depth.py); our default
+perceiver head has no released counterpart. The release's depth query embeddings are not in its
+checkpoints at all. Leaving a head out is an explicit choice (`init_drop`, lingvla/model/weights.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ _HEADS = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in
 
 
 def released_to_ours(key: str) -> str | None:
-    """Our parameter name for a released one, or None for tensors we do not hold (e.g. the depth head)."""
+    """Our parameter name for a released one, or None for tensors we do not hold. The depth head's
+    tensors map to ours by name (they exist in our model with depth.head: released)."""
+    if key.startswith(DEPTH_HEAD_PREFIX):
+        return key[len("model."):]
     if key.startswith(_PREFIX):
         rest = key[len(_PREFIX):]
         for released, ours, _, _ in _RULES:
@@ -60,7 +63,10 @@ def released_to_ours(key: str) -> str | None:
 
 
 def ours_to_released(name: str) -> str | None:
-    """The released name of one of our parameters, or None when the release has none (depth)."""
+    """The released name of one of our parameters, or None when the release has none (the depth
+    query embeddings; our own depth head's tensors, which are not under `projector.`)."""
+    if name.startswith("depth_align_head.projector."):
+        return "model." + name
     if name.split(".")[0] in _HEADS:
         return "model." + name
     for _, _, ours, released in _RULES:

@@ -5,7 +5,8 @@ PATH is one of three kinds of local directory, told apart by their files:
               `save_pretrained`): every tensor of the model
   released    a released LingBot-VLA checkpoint (`.../hf_ckpt/`: shards + index + config.json with
               "type": "pi0"), names mapped by lingvla/model/released.py: every tensor of the
-              model except the depth query embeddings, which the release never saves
+              model except the depth query embeddings, which the release never saves (its depth
+              head loads into a model built with depth.head: released)
   qwen2_5_vl  a Qwen2.5-VL directory (transformers' layout): the vision tower and the VLM stream;
               the action expert, its heads and the depth parameters keep their initialisation,
               the LM head is not used
@@ -167,8 +168,9 @@ def init_from(model: nn.Module, path: str | Path, drop: list[str] | tuple[str, .
             missing.append(name)
     problems = []
     if unexpected:
-        hint = (f" (the released depth head differs from ours: add '{released.DEPTH_HEAD_PREFIX}' to init_drop "
-                "to start without it)" if any(k.startswith(released.DEPTH_HEAD_PREFIX) for k in unexpected) else
+        hint = (f" (the released depth head: build the model with model.depth.enabled and model.depth.head="
+                f"released to load it, or add '{released.DEPTH_HEAD_PREFIX}' to init_drop to start without it)"
+                if any(k.startswith(released.DEPTH_HEAD_PREFIX) for k in unexpected) else
                 " (add their prefix to init_drop to leave them out)")
         problems.append(f"{len(unexpected)} tensor(s) in the checkpoint have no place in the model: "
                         f"{unexpected[:5]}{hint}")
