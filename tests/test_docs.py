@@ -1,4 +1,4 @@
-"""The docs match the code: every training-config key and every command is in docs/reference.md,
+"""The docs match the code: every training-config key and every command is in docs/commands-and-config.md,
 every relative link in README and docs/ points at a file that exists, and the repository's docs
 cite no files outside it."""
 
@@ -30,13 +30,13 @@ def test_reference_names_every_config_key_and_command():
 
     from lingvla.cli import build_parser
 
-    text = (ROOT / "docs" / "reference.md").read_text()
+    text = (ROOT / "docs" / "commands-and-config.md").read_text()
     undocumented = [k for k in config_keys() if f"`{k}`" not in text and f"`{k} [" not in text]
-    assert not undocumented, f"docs/reference.md lacks config keys {undocumented}"
+    assert not undocumented, f"docs/commands-and-config.md lacks config keys {undocumented}"
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     missing = [c for c in commands if c != "bench" and f"`lingvla {c}" not in text]
-    assert not missing, f"docs/reference.md lacks commands {missing}"
+    assert not missing, f"docs/commands-and-config.md lacks commands {missing}"
 
 
 def test_relative_links_resolve_and_nothing_outside_the_repository_is_cited():

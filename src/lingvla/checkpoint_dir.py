@@ -184,7 +184,7 @@ def import_released(released_dir: str | Path, out_dir: str | Path, *, norm_stats
     strictly (lingvla.model.weights.init_from; `drop` as its init_drop). Returns (out_dir, report)."""
     from lingvla.config import ModelConfig, preset as make_preset
     from lingvla.data.embodiments import load_registry
-    from lingvla.data.normalize import load_stats_file, select_stats
+    from lingvla.data.normalize import embodiment_stats_file, load_stats_file
     from lingvla.model import released
     from lingvla.model.lingvla import LingVLA
     from lingvla.model.weights import init_from
@@ -204,9 +204,8 @@ def import_released(released_dir: str | Path, out_dir: str | Path, *, norm_stats
     if tokenizer is not None:
         model_config.tokenizer = tokenizer
     emb = load_registry(embodiment_paths).get(embodiment)
-    data, source = load_stats_file(norm_stats)
-    stats = {"norm_stats": {embodiment: select_stats(data, embodiment, source)}, "count": data.get("count"),
-             "converted_from": str(Path(norm_stats).resolve())}
+    data, source = load_stats_file(Path(norm_stats).resolve())
+    stats = embodiment_stats_file(data, embodiment, source)
     model = LingVLA(model_config)
     report = init_from(model, released_dir, drop)
     write(out_dir, model.state_dict(), model.config, model.prompt_tokenizer.tokenizer, norm_stats=stats,

@@ -118,13 +118,26 @@ def load_stats_file(path_or_dict) -> tuple[dict, str]:
     return json.loads(path.read_text()), str(path)
 
 
+def is_single_robot(data: dict) -> bool:
+    """A stats file in a single-robot layout (the released ones: flat, or split by body part),
+    rather than ours with one entry per embodiment."""
+    table = data.get("norm_stats", data) if isinstance(data, dict) else None
+    return isinstance(table, dict) and any(isinstance(v, dict) and "mean" in v for v in table.values())
+
+
+def embodiment_stats_file(data: dict, embodiment: str, source: str = "<dict>") -> dict:
+    """Any stats layout -> ours, holding `embodiment`'s entry (a single-robot file's stats under
+    that name), with where it came from."""
+    return {"norm_stats": {embodiment: select_stats(data, embodiment, source)}, "count": data.get("count"),
+            "converted_from": source}
+
+
 def select_stats(data: dict, embodiment: str, source: str = "<dict>") -> dict[str, dict]:
     """{"state": stats, "action": stats} for one embodiment from either file layout."""
     table = data.get("norm_stats", data)
     if not isinstance(table, dict):
         raise MissingStatsError(f"{source}: 'norm_stats' is not a mapping")
-    flat = any(isinstance(v, dict) and "mean" in v for v in table.values())
-    if flat:
+    if is_single_robot(data):
         scope, where = table, f"{source} (single-robot layout)"
     else:
         if embodiment not in table:

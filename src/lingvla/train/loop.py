@@ -261,7 +261,7 @@ def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distribute
     """The norm_stats.json of this run: the given one, else computed from the datasets once. A given
     file in a single-robot layout (the released ones: flat, or split by body part) is rewritten
     into ours under the datasets' one embodiment, so the run and its export name it."""
-    from lingvla.data.normalize import load_stats_file, select_stats
+    from lingvla.data.normalize import embodiment_stats_file, is_single_robot, load_stats_file
 
     path = out_dir / "norm_stats.json"
     if config.data.norm_stats:
@@ -269,16 +269,13 @@ def prepare_norm_stats(config: TrainConfig, out_dir: Path, dist_info: Distribute
         if not given.is_file():
             raise FileNotFoundError(f"data.norm_stats={given} does not exist; run `lingvla stats` first "
                                     "or leave it empty to compute the stats at start")
-        data, source = load_stats_file(given)
-        table = data.get("norm_stats", data) if isinstance(data, dict) else None
-        single = isinstance(table, dict) and any(isinstance(v, dict) and "mean" in v for v in table.values())
-        if single:
+        data, source = load_stats_file(given.resolve())
+        if is_single_robot(data):
             names = sorted(_dataset_embodiments(config))
             if len(names) != 1:
                 raise ValueError(f"data.norm_stats={given} holds one robot's stats (the released layout), but "
                                  f"the datasets are of {len(names)} embodiments {names}: give a lingvla stats file")
-            data = {"norm_stats": {names[0]: select_stats(data, names[0], source)},
-                    "count": data.get("count"), "converted_from": str(given.resolve())}
+            data = embodiment_stats_file(data, names[0], source)
         if dist_info.is_main:  # the run keeps its own copy: `lingvla export RUN` reads it from there
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=1))
