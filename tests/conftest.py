@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,16 @@ def run_sim_cli(argv: list[str]) -> int:
     from lingvla.cli import main
 
     return main(argv)
+
+
+ROBOTWIN_FOLDER = Path(__file__).resolve().parents[1] / "integrations" / "robotwin" / "lingvla"
+
+
+def load_robotwin_module():
+    """integrations/robotwin/lingvla/deploy_policy.py as RoboTwin loads it: a module from a file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lingvla_robotwin", ROBOTWIN_FOLDER / "deploy_policy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,19 +2,17 @@
 description (request keys, reset, reply 'action'), named errors that keep the connection open,
 and the RoboTwin 2.0 policy module driven by recorded observation dicts of RoboTwin's layout."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROBOTWIN_FOLDER, load_robotwin_module
 from lingvla import checkpoint_dir
 from lingvla.config import tiny_config
 from lingvla.serve.client import ReleasedClient, ServerError
 from lingvla.serve.policy import Policy
 from lingvla.serve.server import ServerThread
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +61,10 @@ def test_released_messages(served):
 
 def test_robotwin_module_drives_a_task_environment(served):
     policy, server = served
-    spec = importlib.util.spec_from_file_location(
-        "lingvla_robotwin", ROOT / "integrations" / "robotwin" / "lingvla" / "deploy_policy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_robotwin_module()
     import yaml
 
-    usr_args = yaml.safe_load((ROOT / "integrations" / "robotwin" / "lingvla" / "deploy_policy.yml").read_text())
+    usr_args = yaml.safe_load((ROBOTWIN_FOLDER / "deploy_policy.yml").read_text())
     usr_args.update(port=server.port, noise_seed=7)
 
     class TaskEnv:

@@ -3,21 +3,19 @@ generated LeRobot dataset -> embodiment inspect -> stats -> fine-tune from the r
 (the released preprocessing on) -> eval-open -> serve -> the released-style client and the
 RoboTwin folder get actions -> export back to the released layout."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from conftest import load_robotwin_module
 from lingvla.cli import main
 from lingvla.config import tiny_config
 from lingvla.model import released
 from lingvla.model.lingvla import LingVLA
 from lingvla.model.weights import init_from
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_guide_end_to_end(tmp_path, capsys):
@@ -74,10 +72,7 @@ def test_the_guide_end_to_end(tmp_path, capsys):
             action = client.infer({"cam_high": frame["head"], "cam_left_wrist": frame["left"],
                                    "cam_right_wrist": frame["right"]}, np.zeros(14, np.float32), "transfer the cube")
             assert action.shape == (10, 14) and np.isfinite(action).all()
-        spec = importlib.util.spec_from_file_location(
-            "robotwin_lingvla", ROOT / "integrations" / "robotwin" / "lingvla" / "deploy_policy.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_robotwin_module()
         model = module.get_model({"host": "127.0.0.1", "port": server.port})
 
         class TaskEnv:
