@@ -10,9 +10,11 @@ import pytest
 
 from lingvla.cli import main
 from lingvla.data.errors import NonFiniteValueError, VideoDecodeError
+from lingvla.data.config import DataConfig
+from lingvla.data.embodiments import CAMERA_SLOTS
 from lingvla.data.lerobot import LeRobotDatasetWriter
 from lingvla.data.mixture import make_dataloader
-from lingvla.data.samples import RobotDataset
+from lingvla.data.samples import RobotDataset, SampleSpec
 from lingvla.data.stats import compute_norm_stats, write_norm_stats
 from lingvla.data.synthetic import smooth_frames, trajectories, write_synthetic_dataset
 from lingvla.data.video import VideoEncoder
@@ -42,7 +44,7 @@ def _video(root, episode):
 def test_missing_video(base):
     root, stats = _copy(base, "missing")
     _video(root, 1).unlink()
-    ds = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5)
+    ds = RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats)
     ds[5]  # other episodes still load
     with pytest.raises(VideoDecodeError, match=r"video file is missing \(file .*episode_000001.mp4, episode 1, frame 3\)"):
         ds[23]
@@ -51,7 +53,7 @@ def test_missing_video(base):
 def test_corrupt_video(base):
     root, stats = _copy(base, "corrupt")
     _video(root, 2).write_bytes(b"\x00not an mp4 at all" * 100)
-    ds = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5)
+    ds = RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats)
     with pytest.raises(VideoDecodeError, match=r"cannot open video .*episode_000002.mp4, episode 2, frame 0"):
         ds[40]
 
@@ -61,7 +63,7 @@ def test_frame_past_video_end(base):
     encoder = VideoEncoder(_video(root, 0), 50, 32, 32)
     encoder.write(smooth_frames(8, 32, 32))  # 8 of the episode's 20 frames
     encoder.close()
-    ds = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5)
+    ds = RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats)
     ds[7]
     with pytest.raises(VideoDecodeError, match=r"video may be shorter than the episode.*episode 0, frame 12"):
         ds[12]
@@ -85,7 +87,7 @@ def test_nan_in_state_and_action(tmp_path):
             w.add_episode(task="t", frames={"observation.state": state, "action": action})
     w.finalize()
     assert np.isfinite(json.loads((tmp_path / "nan/meta/stats.json").read_text())["action"]["q99"]).all()
-    ds = RobotDataset(tmp_path / "nan", "aloha", chunk_size=4, image_size=16)
+    ds = RobotDataset(tmp_path / "nan", "aloha", spec=SampleSpec(chunk_size=4, image_size=16))
     with pytest.raises(NonFiniteValueError, match=r"state dim 3 \(left_arm.3\) is nan \(file .*file-000.parquet, "
                                                   r"key 'state', episode 1, frame 7\)"):
         ds[20 + 7]
@@ -98,15 +100,17 @@ def test_nan_in_state_and_action(tmp_path):
 def test_skip_and_count(base):
     root, stats = _copy(base, "skip")
     _video(root, 1).unlink()
-    loader = make_dataloader([root], batch_size=6, norm_stats=stats, image_size=16, chunk_size=5,
-                             num_cameras=1, on_bad_sample="skip", seed=0)
+    loader = make_dataloader(DataConfig(datasets=[root], on_bad_sample="skip", num_workers=0),
+                             SampleSpec(image_size=16, chunk_size=5, camera_slots=CAMERA_SLOTS[:1]),
+                             batch_size=6, norm_stats=stats, seed=0)
     it = iter(loader)
     batches = [next(it) for _ in range(10)]  # 60 draws over 60 frames: episode 1's 20 are all bad
     assert all(len(b["prompt"]) == 6 for b in batches)
     assert all(b["image_mask"].all() for b in batches)  # skipped samples are replaced, never zero images
     assert loader.skipped >= 20 and "video file is missing" in loader.report()["skip_reasons"][0]
-    strict = make_dataloader([root], batch_size=6, norm_stats=stats, image_size=16, chunk_size=5,
-                             num_cameras=1, seed=0)
+    strict = make_dataloader(DataConfig(datasets=[root], num_workers=0),
+                             SampleSpec(image_size=16, chunk_size=5, camera_slots=CAMERA_SLOTS[:1]),
+                             batch_size=6, norm_stats=stats, seed=0)
     with pytest.raises(VideoDecodeError):
         for _ in range(10):
             next(iter(strict))
@@ -117,7 +121,8 @@ def test_missing_stats_for_embodiment(base, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"norm_stats": {"agilex": {}}, "count": 0}))
     with pytest.raises(KeyError, match="no normalization stats for embodiment 'aloha'"):
-        make_dataloader([root], batch_size=2, norm_stats=other)
+        make_dataloader(DataConfig(datasets=[root], num_workers=0), SampleSpec(), batch_size=2,
+                        norm_stats=other)
 
 
 def test_bench_data_smoke(capsys):
@@ -139,13 +144,14 @@ def test_preload_names_a_bad_video_or_skips_its_episode(base):
     encoder.close()
     with pytest.raises(VideoDecodeError, match=r"video may be shorter than the episode.*episode_000000.mp4, "
                                                r"episode 0, frame 8"):
-        RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True)
-    ds = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True,
-                      on_bad_sample="skip")
-    decoded = RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5)
+        RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats,
+                     preload_images=True)
+    ds = RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats,
+                      preload_images=True, on_bad_sample="skip")
+    decoded = RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats)
     np.testing.assert_array_equal(ds[25]["images"].numpy(), decoded[25]["images"].numpy())
     assert ds[3]["_skipped"] and ds.skipped == 17  # episode 0's frames 3..19, then episode 1's first
     np.testing.assert_array_equal(ds[3]["state"].numpy(), decoded[20]["state"].numpy())
     with pytest.raises(VideoDecodeError, match="cannot open video"):
-        RobotDataset(root, "aloha", norm_stats=stats, image_size=16, chunk_size=5, preload_images=True,
-                     exclude_episodes=[0])
+        RobotDataset(root, "aloha", spec=SampleSpec(image_size=16, chunk_size=5), norm_stats=stats,
+                     preload_images=True, exclude_episodes=[0])

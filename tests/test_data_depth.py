@@ -12,9 +12,10 @@ import torch
 from lingvla.cli import main as cli
 from lingvla.data.depth import (MissingDepthError, decode_depth, depth_key, encode_depth,
                                 resize_depth)
+from lingvla.data.config import DataConfig
 from lingvla.data.lerobot import LeRobotDatasetWriter
 from lingvla.data.mixture import make_dataloader
-from lingvla.data.samples import RobotDataset, collate
+from lingvla.data.samples import RobotDataset, SampleSpec, collate
 from lingvla.data.synthetic import smooth_frames, trajectories
 from lingvla.data.video import resize_with_pad
 from lingvla.model.depth import HFDepthTeacher, SimDepthTeacher
@@ -75,7 +76,7 @@ def test_millimetre_encoding_and_resize_geometry():
 
 
 def test_loader_returns_depth_placed_like_the_images(dataset):
-    ds = RobotDataset(dataset, "aloha", image_size=SIZE, chunk_size=4, depth=True)
+    ds = RobotDataset(dataset, "aloha", spec=SampleSpec(image_size=SIZE, chunk_size=4, depth=True))
     sample = ds[37]  # episode 1, frame 7
     depth = sample["depth"]
     assert depth.dtype == torch.float32 and depth.shape == (3, SIZE, SIZE)
@@ -92,16 +93,16 @@ def test_loader_returns_depth_placed_like_the_images(dataset):
     batch = collate([ds[0], ds[37]])
     assert batch["depth"].shape == (2, 3, SIZE, SIZE) and batch["depth"].dtype == torch.float32
     torch.testing.assert_close(batch["depth"][1], depth)
-    plain = collate([RobotDataset(dataset, "aloha", image_size=SIZE, chunk_size=4)[0]])
+    plain = collate([RobotDataset(dataset, "aloha", spec=SampleSpec(image_size=SIZE, chunk_size=4))[0]])
     assert "depth" not in plain and "depth_targets" not in plain
 
 
 def test_missing_depth_is_an_error_naming_dataset_and_key(tmp_path, dataset):
     bare = write_depth_dataset(tmp_path / "bare", lengths=(5,), depth=False)
     with pytest.raises(MissingDepthError, match=r"bare.*observation\.depth\.top"):
-        RobotDataset(bare, "aloha", image_size=SIZE, chunk_size=4, depth=True)
+        RobotDataset(bare, "aloha", spec=SampleSpec(image_size=SIZE, chunk_size=4, depth=True))
     with pytest.raises(MissingDepthError, match="lingvla depth-cache"):
-        RobotDataset(dataset, "aloha", image_size=SIZE, chunk_size=4, depth_cache="sim-depth")
+        RobotDataset(dataset, "aloha", spec=SampleSpec(image_size=SIZE, chunk_size=4, depth_cache="sim-depth"))
     assert cli(["depth-cache", str(bare), "--teacher", "sim-depth", "--no-progress"]) == 2
 
 
@@ -115,8 +116,9 @@ def test_depth_cache_round_trip_equals_the_online_teacher(tmp_path, dataset, cap
     assert meta["image_size"] == SIZE and set(meta["cameras"]) == {f"observation.images.{c}" for c in CAMS}
     assert np.load(dataset / "depth_cache" / "sim-depth" / "observation.images.top.npy",
                    mmap_mode="r").dtype == np.float16
-    loader = make_dataloader([(dataset, "aloha")], batch_size=6, norm_stats=_stats(dataset), image_size=SIZE,
-                             chunk_size=4, depth=True, depth_cache="sim-depth")
+    loader = make_dataloader(DataConfig(datasets=[(dataset, "aloha")], num_workers=0),
+                             SampleSpec(image_size=SIZE, chunk_size=4, depth=True, depth_cache="sim-depth"),
+                             batch_size=6, norm_stats=_stats(dataset))
     batch = next(iter(loader))
     targets = batch["depth_targets"]
     assert targets.shape == (6, 3, 16, 32) and targets.dtype == torch.float32
@@ -127,7 +129,7 @@ def test_depth_cache_round_trip_equals_the_online_teacher(tmp_path, dataset, cap
     # Not silently stale or mismatched.
     assert cli(["depth-cache", str(dataset), "--teacher", "sim-depth", "--no-progress"]) == 2
     with pytest.raises(MissingDepthError, match="image_size=28"):
-        RobotDataset(dataset, "aloha", image_size=56, chunk_size=4, depth_cache="sim-depth")
+        RobotDataset(dataset, "aloha", spec=SampleSpec(image_size=56, chunk_size=4, depth_cache="sim-depth"))
 
     # hf-depth: backbone tokens of the loader's images (a tiny random Depth Anything).
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
@@ -140,7 +142,7 @@ def test_depth_cache_round_trip_equals_the_online_teacher(tmp_path, dataset, cap
     DepthAnythingForDepthEstimation(config).save_pretrained(tmp_path / "da")
     assert cli(["depth-cache", str(dataset), "--teacher", "hf-depth", "--teacher-path", str(tmp_path / "da"),
                 "--image-size", str(SIZE), "--no-progress"]) == 0
-    ds = RobotDataset(dataset, "aloha", image_size=SIZE, chunk_size=4, depth_cache="hf-depth")
+    ds = RobotDataset(dataset, "aloha", spec=SampleSpec(image_size=SIZE, chunk_size=4, depth_cache="hf-depth"))
     batch = collate([ds[i] for i in (0, 29, 49)])
     online = HFDepthTeacher(tmp_path / "da")(batch["images"])
     assert batch["depth_targets"].shape == (3, 3, 4, 32)

@@ -141,9 +141,9 @@ def test_v21_write_read_and_convert(tmp_path, v3_root):
         assert fa["task"] == fb["task"]
         assert np.abs(fa["observation.images.top"].astype(int) - fb["observation.images.top"]).mean() < 6
     # training samples agree too (numeric parts exactly, images within codec loss)
-    from lingvla.data.samples import RobotDataset
+    from lingvla.data.samples import RobotDataset, SampleSpec
 
-    sa, sb = (RobotDataset(r, "aloha", image_size=32, chunk_size=20) for r in (root, v3_root))
+    sa, sb = (RobotDataset(r, "aloha", spec=SampleSpec(image_size=32, chunk_size=20)) for r in (root, v3_root))
     for position in (0, 15, 29, 60, 99):
         x, y = sa[position], sb[position]
         for key in ("state", "actions", "action_is_pad", "action_dim_mask", "image_mask"):

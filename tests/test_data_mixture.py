@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from lingvla.data.config import DataConfig
 from lingvla.data.mixture import BLOCK, MixtureSampler, make_dataloader, mixture_weights
+from lingvla.data.samples import SampleSpec
 from lingvla.data.stats import compute_norm_stats, write_norm_stats
 from lingvla.data.synthetic import write_synthetic_dataset
 
@@ -94,19 +96,20 @@ def _same(x, y):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_resumes_exactly(two_datasets, workers):
     a, b, stats = two_datasets
-    kwargs = dict(batch_size=4, norm_stats=stats, image_size=16, chunk_size=8, num_cameras=1, seed=11,
-                  num_workers=workers)
-    loader = make_dataloader([a, b], **kwargs)
+    mixture = DataConfig(datasets=[a, b], num_workers=workers)
+    kwargs = dict(batch_size=4, norm_stats=stats, seed=11)
+    spec = SampleSpec(image_size=16, chunk_size=8, camera_slots=("head",))
+    loader = make_dataloader(mixture, spec, **kwargs)
     it = iter(loader)
     first = [next(it) for _ in range(3)]
     state = loader.state_dict()  # workers have prefetched further; the state counts consumed batches
     assert state["sampler"]["position"] == 12
     rest = [next(it) for _ in range(3)]
     del it
-    resumed = _batches(make_dataloader([a, b], start_state=state, **kwargs), 3)
+    resumed = _batches(make_dataloader(mixture, spec, start_state=state, **kwargs), 3)
     for x, y in zip(rest, resumed):
         _same(x, y)
-    again = _batches(make_dataloader([a, b], **kwargs), 3)
+    again = _batches(make_dataloader(mixture, spec, **kwargs), 3)
     for x, y in zip(first, again):
         _same(x, y)
 

@@ -9,9 +9,10 @@ import torch
 from lingvla.batch import check_batch
 from lingvla.data.embodiments import load_registry
 from lingvla.data.errors import EmbodimentMismatchError
+from lingvla.data.config import DataConfig
 from lingvla.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from lingvla.data.mixture import make_dataloader
-from lingvla.data.samples import RobotDataset, collate
+from lingvla.data.samples import RobotDataset, SampleSpec, collate
 from lingvla.data.stats import compute_norm_stats, write_norm_stats
 from lingvla.data.synthetic import smooth_frames, trajectories, write_synthetic_dataset
 from lingvla.data.video import resize_with_pad
@@ -53,7 +54,7 @@ def data(tmp_path_factory):
 
 
 def test_action_chunk_and_padding_at_episode_end(data):
-    ds = RobotDataset(data["aloha"], "aloha", chunk_size=50, image_size=32, action_dim=32)
+    ds = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=50, image_size=32, action_dim=32))
     _, actions = trajectories(40, 14, seed=0)
     states1, actions1 = trajectories(60, 14, seed=1)
     s = ds[25]  # episode 0 (length 40), frame 25: 15 real steps, 35 padded
@@ -73,9 +74,11 @@ def test_action_chunk_and_padding_at_episode_end(data):
 
 
 def test_two_embodiments_in_one_batch(data):
-    loader = make_dataloader([(data["aloha"], "aloha", 1.0), (data["franka"], "franka_pair", 1.0)],
-                             batch_size=16, norm_stats=data["stats"], action_dim=32, image_size=32,
-                             embodiment_paths=[data["yaml"]], seed=3)
+    mixture = DataConfig(datasets=[(data["aloha"], "aloha", 1.0), (data["franka"], "franka_pair", 1.0)],
+                         embodiment_paths=[data["yaml"]], num_workers=0)
+    loader = make_dataloader(mixture,
+                             SampleSpec(action_dim=32, image_size=32), batch_size=16,
+                             norm_stats=data["stats"], seed=3)
     batch = next(iter(loader))
     assert set(batch) == {"images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
                           "action_is_pad", "embodiment"}
@@ -103,8 +106,9 @@ def test_normalized_values_and_unified_layout(data):
     from lingvla.data.normalize import Normalizer
 
     registry = data["registry"]
-    ds = RobotDataset(data["franka"], "franka_pair", norm_stats=data["stats"], registry=registry, image_size=32)
-    raw = RobotDataset(data["franka"], "franka_pair", registry=registry, image_size=32)
+    ds = RobotDataset(data["franka"], "franka_pair", spec=SampleSpec(image_size=32), norm_stats=data["stats"],
+                      registry=registry)
+    raw = RobotDataset(data["franka"], "franka_pair", spec=SampleSpec(image_size=32), registry=registry)
     norm = Normalizer.from_file(data["stats"], "franka_pair")
     s, r = ds[3], raw[3]
     emb = registry.get("franka_pair")
@@ -130,7 +134,7 @@ def test_images_resized_with_padding(data):
 def test_dimension_errors(data, tmp_path):
     registry = data["registry"]
     with pytest.raises(ValueError, match="needs 21 unified action positions.*unified width is 16"):
-        RobotDataset(data["franka"], "franka_pair", registry=registry, action_dim=16)
+        RobotDataset(data["franka"], "franka_pair", spec=SampleSpec(action_dim=16), registry=registry)
     with pytest.raises(EmbodimentMismatchError, match="has 14 dims but embodiment 'franka_pair' reads index 14 for state field 'right_arm'"):
         RobotDataset(data["aloha"], "franka_pair", registry=registry)
     w = LeRobotDatasetWriter(tmp_path / "nostate", fps=50, features={"action": {"dtype": "float32", "shape": [14]}})
@@ -143,8 +147,9 @@ def test_dimension_errors(data, tmp_path):
 
 
 def test_collate_matches_contract(data):
-    ds = RobotDataset(data["aloha"], None, norm_stats=data["stats"], image_size=28, chunk_size=10,
-                      camera_slots=("head", "left_wrist"))
+    ds = RobotDataset(data["aloha"], None,
+                      spec=SampleSpec(image_size=28, chunk_size=10, camera_slots=("head", "left_wrist")),
+                      norm_stats=data["stats"])
     batch = collate([ds[i] for i in (0, 50, 99)])
     assert check_batch(batch, num_cameras=2, image_size=28, action_dim=32, chunk_size=10) == 3
     assert batch["embodiment"] == ["aloha"] * 3 and batch["action_is_pad"][2].sum() == 9
@@ -162,7 +167,7 @@ def test_user_yaml_via_env_and_spec_round_trip(data, monkeypatch):
 
 
 def test_worker_processes_after_use_in_main(data):
-    ds = RobotDataset(data["aloha"], "aloha", image_size=32, chunk_size=5)
+    ds = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(image_size=32, chunk_size=5))
     expected = collate([ds[i] for i in range(8)])  # opens containers in this process first
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
     got = [b for _, b in zip(range(2), loader)]
@@ -173,19 +178,24 @@ def test_worker_processes_after_use_in_main(data):
 def test_episode_selection(data):
     """episodes / exclude_episodes keep or leave out whole episodes, with or without a window, in the
     samples, the mixture and the norm stats; a bad list is an error naming it."""
-    whole = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32)
-    second = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32, episodes=[1])
-    first = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+    whole = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32))
+    second = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32),
+                          episodes=[1])
+    first = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32),
                          exclude_episodes=[1])
-    windowed = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+    windowed = RobotDataset(data["aloha"], "aloha",
+                            spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32),
                             episodes=[1], episode_frames=[5, 45])
     assert (len(first), len(second), len(windowed)) == (40, 60, 40)  # episode 0: 40 frames, 1: 60
     for ds, i, j in [(second, 0, 40), (second, 59, 99), (first, 39, 39), (windowed, 0, 45), (windowed, 39, 84)]:
         a, b = ds[i], whole[j]
         np.testing.assert_array_equal(a["state"].numpy(), b["state"].numpy())
         np.testing.assert_array_equal(a["actions"].numpy(), b["actions"].numpy())
-    loader = make_dataloader([{"path": data["aloha"], "embodiment": "aloha", "exclude_episodes": [0]}],
-                             batch_size=6, norm_stats=data["stats"], chunk_size=10, image_size=32)
+    kept = DataConfig(datasets=[{"path": data["aloha"], "embodiment": "aloha", "exclude_episodes": [0]}],
+                      num_workers=0)
+    loader = make_dataloader(kept,
+                             SampleSpec(chunk_size=10, image_size=32), batch_size=6,
+                             norm_stats=data["stats"])
     assert len(loader.dataset) == 60
     # the stats count the kept episodes' frames only
     stats = compute_norm_stats([{"path": data["aloha"], "exclude_episodes": [1]}], "aloha")
@@ -203,8 +213,8 @@ def test_episode_selection(data):
 
 
 def test_episode_frames_window(data):
-    whole = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32)
-    window = RobotDataset(data["aloha"], "aloha", chunk_size=10, image_size=32, action_dim=32,
+    whole = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32))
+    window = RobotDataset(data["aloha"], "aloha", spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32),
                           episode_frames=[5, 45])
     # episode 0 has 40 frames (5..39 kept), episode 1 has 60 (5..44 kept)
     assert len(window) == 35 + 40
@@ -215,8 +225,11 @@ def test_episode_frames_window(data):
         # chunks still read past the window's end
         np.testing.assert_array_equal(a["actions"].numpy(), b["actions"].numpy())
         np.testing.assert_array_equal(a["images"].numpy(), b["images"].numpy())
-    loader = make_dataloader([{"path": data["aloha"], "embodiment": "aloha", "episode_frames": [0, 3]}],
-                             batch_size=6, norm_stats=data["stats"], chunk_size=10, image_size=32)
+    window = DataConfig(datasets=[{"path": data["aloha"], "embodiment": "aloha", "episode_frames": [0, 3]}],
+                        num_workers=0)
+    loader = make_dataloader(window,
+                             SampleSpec(chunk_size=10, image_size=32), batch_size=6,
+                             norm_stats=data["stats"])
     assert len(loader.dataset) == 6
     with pytest.raises(ValueError, match="episode_frames"):
         RobotDataset(data["aloha"], "aloha", episode_frames=[10, 5])
@@ -230,7 +243,7 @@ def test_preloaded_images_equal_decoded_ones(data):
     cases = [(data["aloha"], "aloha", {}), (data["aloha"], "aloha", {"episodes": [1], "episode_frames": [5, 45]}),
              (data["franka"], "franka_pair", {})]
     for root, emb, select in cases:
-        kw = dict(chunk_size=10, image_size=32, action_dim=32, norm_stats=data["stats"],
+        kw = dict(spec=SampleSpec(chunk_size=10, image_size=32, action_dim=32), norm_stats=data["stats"],
                   registry=data["registry"], **select)
         decoded, held = RobotDataset(root, emb, **kw), RobotDataset(root, emb, preload_images=True, **kw)
         assert len(held) == len(decoded)
@@ -239,8 +252,9 @@ def test_preloaded_images_equal_decoded_ones(data):
             assert a["prompt"] == b["prompt"]
             for key in ("images", "image_mask", "state", "actions", "action_is_pad"):
                 np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=f"{root.name} {i} {key}")
-    loader = make_dataloader([data["aloha"]], batch_size=4, norm_stats=data["stats"], chunk_size=10,
-                             image_size=32, preload_images=True)
+    loader = make_dataloader(DataConfig(datasets=[data["aloha"]], preload_images=True, num_workers=0),
+                             SampleSpec(chunk_size=10, image_size=32), batch_size=4,
+                             norm_stats=data["stats"])
     assert next(iter(loader))["images"].shape == (4, 3, 3, 32, 32)
 
 
@@ -258,8 +272,8 @@ def test_training_samples_and_the_served_policy_share_one_transform(tmp_path):
     root = write_synthetic_dataset(tmp_path / "data", num_episodes=1, episode_length=12, image_hw=(32, 32))
     directory = checkpoint_dir.write_random(tmp_path / "ckpt", tiny_config(image_size=56), stats="random")
     policy = Policy.from_checkpoint(directory)
-    dataset = RobotDataset(root, "aloha", norm_stats=str(directory / "norm_stats.json"), action_dim=32,
-                           chunk_size=4, image_size=56)
+    dataset = RobotDataset(root, "aloha", spec=SampleSpec(action_dim=32, chunk_size=4, image_size=56),
+                           norm_stats=str(directory / "norm_stats.json"))
     sample = dataset.sample(3)
     src = dataset.source
     columns, first = src.episode_rows(0)
@@ -271,3 +285,22 @@ def test_training_samples_and_the_served_policy_share_one_transform(tmp_path):
     torch.testing.assert_close(batch["state"][0], sample["state"])
     assert torch.equal(batch["action_dim_mask"][0], sample["action_dim_mask"])
     np.testing.assert_allclose(policy.actions_from_model(sample["actions"]), raw_actions, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_spec_checks_its_fields_and_reads_a_model_config():
+    from lingvla.config import preset
+    from lingvla.data.embodiments import CAMERA_SLOTS
+
+    for bad, match in ((dict(image_resize="crop"), "image_resize"), (dict(normalization="minmax"), "normalization"),
+                       (dict(chunk_size=0), "chunk_size"), (dict(camera_slots=("head", "tail")), "camera_slots"),
+                       (dict(image_resize="squash", depth=True), "padding")):
+        with pytest.raises(ValueError, match=match):
+            SampleSpec(**bad)
+    model = preset("tiny")
+    model.num_cameras, model.image_resize, model.chunk_size = 2, "squash", 7
+    spec = SampleSpec.for_model(model, normalization="mean_std")
+    assert spec == SampleSpec(action_dim=model.action_dim, chunk_size=7, image_size=model.image_size,
+                              camera_slots=CAMERA_SLOTS[:2], image_resize="squash", normalization="mean_std")
+    model.num_cameras = 4
+    with pytest.raises(ValueError, match="num_cameras"):
+        SampleSpec.for_model(model)

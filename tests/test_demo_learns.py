@@ -10,8 +10,7 @@ import pytest
 pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
-from lingvla.data.embodiments import CAMERA_SLOTS  # noqa: E402
-from lingvla.data.samples import RobotDataset  # noqa: E402
+from lingvla.data.samples import RobotDataset, SampleSpec  # noqa: E402
 from lingvla.model.lingvla import LingVLA  # noqa: E402
 from lingvla.sim.demo import demo_cameras, demo_train_config, window_stop_from_dataset  # noqa: E402
 from lingvla.sim.demonstrations import generate_dataset  # noqa: E402
@@ -35,10 +34,10 @@ def test_short_demo_training_beats_untrained_policy_on_held_out_episode(tmp_path
     trained = LingVLA.from_pretrained(summary["export"])
     untrained = LingVLA(trained.config)  # same classes and sizes, its own random initialisation
 
-    held_out = RobotDataset(data, "aloha", norm_stats=f"{summary['export']}/norm_stats.json",
-                            normalization_mode=config.data.normalization, action_dim=trained.config.action_dim,
-                            chunk_size=trained.config.chunk_size, image_size=IMAGE, episodes=[2],
-                            episode_frames=[0, stop], camera_slots=CAMERA_SLOTS[:trained.config.num_cameras])
+    held_out = RobotDataset(data, "aloha",
+                            spec=SampleSpec.for_model(trained.config, normalization=config.data.normalization),
+                            norm_stats=f"{summary['export']}/norm_stats.json", episodes=[2],
+                            episode_frames=[0, stop])
     frames = np.arange(0, len(held_out), 8)
     after = open_loop_error(trained, held_out, frames)
     before = open_loop_error(untrained, held_out, frames)

@@ -37,12 +37,13 @@ def test_squash_is_bilinear_to_the_square_and_pad_keeps_the_aspect():
 
 def test_training_samples_and_the_served_policy_fit_frames_the_same_way(tmp_path):
     from lingvla import checkpoint_dir
-    from lingvla.data.samples import RobotDataset
+    from lingvla.data.samples import RobotDataset, SampleSpec
     from lingvla.data.synthetic import write_synthetic_dataset
     from lingvla.serve.policy import Policy
 
     root = write_synthetic_dataset(tmp_path / "data", num_episodes=1, episode_length=4, image_hw=(48, 80))
-    dataset = RobotDataset(root, "aloha", action_dim=32, chunk_size=4, image_size=56, image_resize="squash")
+    dataset = RobotDataset(root, "aloha",
+                           spec=SampleSpec(action_dim=32, chunk_size=4, image_size=56, image_resize="squash"))
     native = dataset.source.camera_frame("observation.images.top", 0, 2)
     assert native.shape == (48, 80, 3)
     sample = dataset.sample(2)
@@ -52,7 +53,8 @@ def test_training_samples_and_the_served_policy_fit_frames_the_same_way(tmp_path
     decoded = sample["images"][0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(decoded - expected.astype(int)).mean() < 4
     assert np.abs(decoded - fit_image(native, 56, "pad").astype(int)).mean() > 10
-    preloaded = RobotDataset(root, "aloha", action_dim=32, chunk_size=4, image_size=56, image_resize="squash",
+    preloaded = RobotDataset(root, "aloha",
+                             spec=SampleSpec(action_dim=32, chunk_size=4, image_size=56, image_resize="squash"),
                              preload_images=True)
     assert torch.equal(preloaded.sample(2)["images"], sample["images"])
     diff = np.abs(expected.astype(int) - released_resize(native, 56).astype(int))

@@ -22,7 +22,7 @@ MAX_M = 65535 / MM_PER_M  # farther than this (the background, ~83 m) is stored 
 
 def test_gen_demos_stores_depth_within_a_millimetre(tmp_path, capsys):
     from lingvla.data.lerobot import LeRobotDataset
-    from lingvla.data.samples import RobotDataset
+    from lingvla.data.samples import RobotDataset, SampleSpec
 
     out = tmp_path / "demos"
     assert cli(["gen-demos", "--task", "transfer_cube", "--episodes", "1", "--out", str(out),
@@ -45,7 +45,7 @@ def test_gen_demos_stores_depth_within_a_millimetre(tmp_path, capsys):
         assert np.abs(got[near] - truth[near]).max() <= 0.001
         assert (got[~near] == MAX_M).all()
     # The loader hands the same depth out per camera slot (sizes equal: no resampling).
-    sample = RobotDataset(out, image_size=SIZE, chunk_size=4, depth=True)[50]
+    sample = RobotDataset(out, spec=SampleSpec(image_size=SIZE, chunk_size=4, depth=True))[50]
     for slot, cam in enumerate(CAMERAS):
         truth = np.minimum(demo.depth[cam][50], MAX_M)
         assert np.abs(sample["depth"][slot].numpy() - truth).max() <= 0.001

@@ -111,7 +111,9 @@ def run_bench_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lingvla.data.lerobot import LeRobotDatasetWriter
+    from lingvla.data.config import DataConfig
     from lingvla.data.mixture import make_dataloader
+    from lingvla.data.samples import SampleSpec
     from lingvla.data.stats import compute_norm_stats, write_norm_stats
     from lingvla.data.synthetic import trajectories, write_synthetic_dataset
 
@@ -126,9 +128,9 @@ def run_bench_data(args: argparse.Namespace) -> int:
         stats = compute_norm_stats([root], "aloha")
         write_norm_stats(Path(tmp) / "norm_stats.json", "aloha", stats, merge=False)
         for workers in (int(x) for x in args.workers.split(",")):
-            loader = make_dataloader([root], batch_size=args.batch_size, norm_stats=Path(tmp) / "norm_stats.json",
-                                     action_dim=32, chunk_size=args.chunk_size, image_size=args.image_size,
-                                     num_workers=workers, seed=0)
+            loader = make_dataloader(DataConfig(datasets=[root], num_workers=workers),
+                                     SampleSpec(chunk_size=args.chunk_size, image_size=args.image_size),
+                                     batch_size=args.batch_size, norm_stats=Path(tmp) / "norm_stats.json")
             it = iter(loader)
             # Not throughput: worker start-up, first file openings, and the batches workers
             # prefetched meanwhile (up to 2 per worker).

@@ -7,7 +7,8 @@ Modules (imported on demand, so `import lingvla.data` stays light):
   embodiments  YAML registry: load_registry, get_embodiment, Embodiment (pack/unpack/dim_mask)
   normalize    Normalizer, pad_to_unified, cut_from_unified
   stats        compute_norm_stats, write_norm_stats (`lingvla stats`)
-  samples      RobotDataset, collate (the batch contract of lingvla.batch)
+  config       DataConfig (the `data:` section of a training config)
+  samples      SampleSpec, RobotDataset, collate (the batch contract of lingvla.batch)
   mixture      make_dataloader, MixtureSampler, ResumableLoader
   errors       BadSampleError, VideoDecodeError, NonFiniteValueError, EmbodimentMismatchError, ...
 See docs/data.md.

@@ -17,7 +17,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from lingvla.data.samples import RobotDataset, collate_with_report
+from lingvla.data.config import DataConfig
+from lingvla.data.samples import RobotDataset, SampleSpec, collate_with_report
 
 BLOCK = 4096
 STATE_VERSION = 1
@@ -284,54 +285,45 @@ def _dataset_specs(datasets) -> list[dict]:
     return specs
 
 
-def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 32, chunk_size: int = 50,
-                    image_size: int = 224, num_cameras: int = 3, weights="hours", seed: int = 0,
-                    num_workers: int = 0, start_state: dict | None = None, rank: int | None = None,
-                    world_size: int | None = None, on_bad_sample: str = "raise",
-                    normalization_mode: str = "quantile", min_scale: float | None = None,
-                    clip: float | None = None, embodiment_paths=None, pin_memory: bool = False,
-                    prefetch_factor: int = 2, depth: bool = False,
-                    depth_cache: str | None = None, preload_images: bool = False,
-                    image_resize: str = "pad") -> ResumableLoader:
+def make_dataloader(data: DataConfig, spec: SampleSpec, *, batch_size: int, norm_stats=None, seed: int = 0,
+                    start_state: dict | None = None, rank: int | None = None, world_size: int | None = None,
+                    pin_memory: bool = False, prefetch_factor: int = 2) -> ResumableLoader:
     """A resumable loader of training batches over a weighted mixture of datasets.
 
-    datasets: paths (embodiment from info.json's robot_type), (path, embodiment[, weight]) tuples or
-        {"root", "embodiment", "weight", "episode_frames", "episodes", "exclude_episodes"} dicts;
-        weights given there override ``weights``; episode_frames [start, stop] keeps that window of
-        each episode, episodes / exclude_episodes keep / leave out those episodes (RobotDataset).
-    norm_stats: norm_stats.json path or dict holding every embodiment of the mixture.
-    weights: "hours" (default), "frames", "uniform" or a list, one per dataset.
+    data: the `data:` section of a training config. Its datasets are {"path", "embodiment",
+        "weight", "episode_frames", "episodes", "exclude_episodes"} dicts, (path, embodiment[,
+        weight]) tuples or paths (embodiment from info.json's robot_type); weights given there
+        override data.weights ("hours", "frames", "uniform" or a list, one per dataset);
+        episode_frames [start, stop] keeps that window of each episode, episodes /
+        exclude_episodes keep / leave out those episodes (RobotDataset). data.num_workers,
+        on_bad_sample, preload_images and embodiment_paths apply to every dataset.
+    spec: what each sample holds (SampleSpec.for_model(model_config, normalization=...)).
+    norm_stats: norm_stats.json path or dict holding every embodiment of the mixture (default
+        data.norm_stats).
     rank/world_size: default to torch.distributed's when it is initialised, else 0/1.
     start_state: a ``loader.state_dict()`` saved earlier; the loader continues from it.
-    depth / depth_cache: batches also hold "depth" [B, C, S, S] metres / "depth_targets" [B, C, N, Dt]
-        from each dataset's depth_cache/<depth_cache> (see RobotDataset).
-    preload_images: decode every dataset's frames into memory once (RobotDataset).
-    image_resize: "pad" or "squash" (lingvla.data.video.fit_image).
     """
-    from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
-    from lingvla.data.normalize import DEFAULT_MIN_SCALE
+    from lingvla.data.embodiments import load_registry
 
+    norm_stats = data.norm_stats if norm_stats is None else norm_stats
     if norm_stats is None:
         raise ValueError("make_dataloader needs norm_stats (a norm_stats.json path or dict); "
                          "compute it with `lingvla stats DATASET_DIR --embodiment NAME`")
-    if not 1 <= num_cameras <= len(CAMERA_SLOTS):
-        raise ValueError(f"num_cameras must be 1..{len(CAMERA_SLOTS)}; got {num_cameras}")
+    if not data.datasets:
+        raise ValueError("data.datasets is empty: give at least one dataset")
     if rank is None or world_size is None:
         dist = torch.distributed
         initialised = dist.is_available() and dist.is_initialized()
         rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
         world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
-    registry = load_registry(embodiment_paths)
-    specs = _dataset_specs(datasets)
-    members = [RobotDataset(s["root"], s.get("embodiment"), norm_stats=norm_stats, action_dim=action_dim,
-                            chunk_size=chunk_size, image_size=image_size,
-                            camera_slots=CAMERA_SLOTS[:num_cameras], normalization_mode=normalization_mode,
-                            min_scale=DEFAULT_MIN_SCALE if min_scale is None else min_scale, clip=clip,
-                            registry=registry, on_bad_sample=on_bad_sample, depth=depth,
-                            depth_cache=depth_cache, episode_frames=s.get("episode_frames"),
+    registry = load_registry(data.embodiment_paths or None)
+    specs = _dataset_specs(data.datasets)
+    members = [RobotDataset(s["root"], s.get("embodiment"), spec=spec, norm_stats=norm_stats, registry=registry,
+                            on_bad_sample=data.on_bad_sample, episode_frames=s.get("episode_frames"),
                             episodes=s.get("episodes"), exclude_episodes=s.get("exclude_episodes"),
-                            preload_images=preload_images, image_resize=image_resize)
+                            preload_images=data.preload_images)
                for s in specs]
+    weights = data.weights
     explicit = [s.get("weight") for s in specs]
     if any(w is not None for w in explicit):
         if any(w is None for w in explicit):
@@ -340,7 +332,7 @@ def make_dataloader(datasets, *, batch_size: int, norm_stats, action_dim: int = 
     mixture = MixtureDataset(members)
     sampler = MixtureSampler(mixture.sizes, mixture_weights(members, weights), seed=seed, rank=rank,
                              world_size=world_size)
-    loader = ResumableLoader(mixture, sampler, batch_size=batch_size, num_workers=num_workers,
+    loader = ResumableLoader(mixture, sampler, batch_size=batch_size, num_workers=data.num_workers,
                              pin_memory=pin_memory, prefetch_factor=prefetch_factor)
     if start_state is not None:
         loader.load_state_dict(start_state)

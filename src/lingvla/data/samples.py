@@ -25,6 +25,7 @@ and on request (lingvla.data.depth)
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,13 +34,59 @@ from lingvla.data.depth import DepthCache, decode_depth, depth_key, require_dept
 from lingvla.data.embodiments import CAMERA_SLOTS, Embodiment, resolve_embodiment
 from lingvla.data.errors import BadSampleError, DatasetFormatError, EmbodimentMismatchError, NonFiniteValueError
 from lingvla.data.lerobot import INDEX_FEATURES, LeRobotDataset
-from lingvla.data.normalize import DEFAULT_MIN_SCALE, Normalizer
+from lingvla.data.normalize import Normalizer
 from lingvla.data.transforms import RobotTransform
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
 CONTRACT_KEYS = ("images", "image_mask", "prompt", "state", "actions", "action_dim_mask",
                  "action_is_pad", "embodiment")
 OPTIONAL_KEYS = ("depth", "depth_targets")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What every training sample holds, whichever robot recorded it: the model's side of the
+    batch contract. `for_model` reads it off a ModelConfig."""
+
+    action_dim: int = 32  # the unified width D
+    chunk_size: int = 50  # T
+    image_size: int = 224  # S
+    camera_slots: tuple[str, ...] = CAMERA_SLOTS  # the model's camera order
+    image_resize: str = "pad"  # how a frame becomes S x S: "pad" | "squash" (lingvla.data.video.fit_image)
+    normalization: str = "quantile"  # lingvla.data.normalize's modes
+    depth: bool = False  # also "depth" (needs the observation.depth.<cam> features)
+    depth_cache: str | None = None  # a teacher name: also "depth_targets" from DATASET/depth_cache/<name>
+
+    def __post_init__(self):
+        from lingvla.data.normalize import MODES as NORMALIZATION_MODES
+        from lingvla.data.video import RESIZE_MODES
+
+        for name in ("action_dim", "chunk_size", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SampleSpec.{name} must be >= 1; got {getattr(self, name)}")
+        unknown = [slot for slot in self.camera_slots if slot not in CAMERA_SLOTS]
+        if not self.camera_slots or unknown:
+            raise ValueError(f"SampleSpec.camera_slots must be a non-empty subset of {CAMERA_SLOTS}; "
+                             f"got {self.camera_slots}")
+        if self.image_resize not in RESIZE_MODES:
+            raise ValueError(f"SampleSpec.image_resize={self.image_resize!r}; expected one of {RESIZE_MODES}")
+        if self.normalization not in NORMALIZATION_MODES:
+            raise ValueError(f"SampleSpec.normalization={self.normalization!r}; expected one of "
+                             f"{NORMALIZATION_MODES}")
+        if self.image_resize != "pad" and (self.depth or self.depth_cache):
+            raise ValueError("depth targets are fitted to the image by padding: use image_resize='pad' with depth")
+        object.__setattr__(self, "camera_slots", tuple(self.camera_slots))
+
+    @classmethod
+    def for_model(cls, model_config, **fields) -> SampleSpec:
+        """The spec of a model (any object with ModelConfig's action_dim, chunk_size, image_size,
+        num_cameras and image_resize); `fields` sets the data-side ones (normalization, depth, ...)."""
+        num_cameras = int(model_config.num_cameras)
+        if not 1 <= num_cameras <= len(CAMERA_SLOTS):
+            raise ValueError(f"num_cameras must be 1..{len(CAMERA_SLOTS)}; got {num_cameras}")
+        return cls(action_dim=model_config.action_dim, chunk_size=model_config.chunk_size,
+                   image_size=model_config.image_size, camera_slots=CAMERA_SLOTS[:num_cameras],
+                   image_resize=model_config.image_resize, **fields)
 
 
 class RobotDataset(torch.utils.data.Dataset):
@@ -50,14 +97,11 @@ class RobotDataset(torch.utils.data.Dataset):
         embodiment: name, Embodiment, or None to pick it from info.json's robot_type.
         norm_stats: a norm_stats.json path, its dict, a Normalizer, or None for raw (unnormalized)
             values - the model's contract wants normalized values, so None is for inspection only.
-        action_dim: the unified width D; chunk_size: T; image_size: S; camera_slots: the model's
-            camera order; image_resize: how a frame becomes S x S, "pad" or "squash"
-            (lingvla.data.video.fit_image).
+        spec: what a sample holds (SampleSpec: width, chunk, image size and fit, cameras,
+            normalization, depth); the default is the model's defaults.
         on_bad_sample: "raise" (default) or "skip": a sample that raises BadSampleError (missing or
             corrupt video, frame past the video's end, NaN) is replaced by the next index that
             works, and counted in ``skipped`` (per process) and in the sample's "_skipped" entry.
-        depth: also return "depth" (needs the observation.depth.<cam> features).
-        depth_cache: a teacher name: also return "depth_targets" from DATASET/depth_cache/<name>.
         episode_frames: (start, stop): sample only frames start <= f < stop of each episode (stop
             None: to the episode's end); action chunks still read the frames after stop. Mixing the
             same dataset twice, once whole and once with a short window, oversamples a phase (such
@@ -71,16 +115,11 @@ class RobotDataset(torch.utils.data.Dataset):
             an episode whose video fails to decode is kept out of memory and its samples skipped.
     """
 
-    def __init__(self, root, embodiment=None, *, norm_stats=None, action_dim: int = 32,
-                 chunk_size: int = 50, image_size: int = 224, camera_slots=CAMERA_SLOTS,
-                 normalization_mode: str = "quantile", min_scale: float = DEFAULT_MIN_SCALE,
-                 clip: float | None = None, registry=None, on_bad_sample: str = "raise",
-                 max_consecutive_skips: int = 64, video_cache_size: int = 12, data_cache_size: int = 4,
-                 depth: bool = False, depth_cache: str | None = None, episode_frames=None,
-                 episodes=None, exclude_episodes=None, preload_images: bool = False,
-                 image_resize: str = "pad"):
-        from lingvla.data.video import RESIZE_MODES
-
+    def __init__(self, root, embodiment=None, *, spec: SampleSpec | None = None, norm_stats=None,
+                 registry=None, on_bad_sample: str = "raise", episode_frames=None, episodes=None,
+                 exclude_episodes=None, preload_images: bool = False, max_consecutive_skips: int = 64,
+                 video_cache_size: int = 12, data_cache_size: int = 4):
+        spec = SampleSpec() if spec is None else spec
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
@@ -90,31 +129,26 @@ class RobotDataset(torch.utils.data.Dataset):
             self.source.columns = list(dict.fromkeys([*self.embodiment.columns(), *self.source.image_keys,
                                                       *INDEX_FEATURES]))
         self.embodiment.validate(self.source)
-        self.action_dim, self.chunk_size, self.image_size = int(action_dim), int(chunk_size), int(image_size)
-        self.camera_slots = tuple(camera_slots)
-        if image_resize not in RESIZE_MODES:
-            raise ValueError(f"image_resize={image_resize!r}; expected one of {RESIZE_MODES}")
-        if image_resize != "pad" and (depth or depth_cache):
-            raise ValueError("depth targets are fitted to the image by padding: use image_resize='pad' with depth")
-        self.image_resize = image_resize
+        self.spec = spec
+        self.action_dim, self.chunk_size, self.image_size = spec.action_dim, spec.chunk_size, spec.image_size
+        self.camera_slots, self.image_resize = spec.camera_slots, spec.image_resize
         available = set(self.source.video_keys) | set(self.source.image_keys)
         self.camera_keys = [self.embodiment.camera_key(slot, available) for slot in self.camera_slots]
         check_camera_mapping(self.source, self.embodiment, self.camera_slots, self.camera_keys, available)
         check_tasks(self.source)
-        self.depth = bool(depth)
+        self.depth = spec.depth
         if self.depth:
             require_depth_features(self.source, self.camera_keys)
             if self.source.columns is not None:
                 self.source.columns += [depth_key(k) for k in self.camera_keys if k is not None]
         self.frames = select_frames(self.source, episode_frames, episodes, exclude_episodes)
-        self.depth_cache = None if depth_cache is None else DepthCache(
-            self.source.root, depth_cache, num_frames=self.source.num_frames, image_size=self.image_size,
+        self.depth_cache = None if spec.depth_cache is None else DepthCache(
+            self.source.root, spec.depth_cache, num_frames=self.source.num_frames, image_size=self.image_size,
             camera_keys=self.camera_keys)
         if isinstance(norm_stats, Normalizer) or norm_stats is None:
             self.normalizer = norm_stats
         else:
-            self.normalizer = Normalizer.from_file(norm_stats, self.embodiment.name, mode=normalization_mode,
-                                                   min_scale=min_scale, clip=clip,
+            self.normalizer = Normalizer.from_file(norm_stats, self.embodiment.name, mode=spec.normalization,
                                                    state_dim=self.embodiment.state_dim,
                                                    action_dim=self.embodiment.action_dim)
         if self.normalizer is not None and (self.normalizer.state_dim, self.normalizer.action_dim) != \
@@ -124,7 +158,7 @@ class RobotDataset(torch.utils.data.Dataset):
                              f"{self.embodiment.state_dim}/{self.embodiment.action_dim}")
         # raw -> batch contract, the served policy's path too (frames are fitted by the reader)
         self.transform = RobotTransform(self.embodiment, self.normalizer, self.action_dim, self.image_size,
-                                        image_resize)
+                                        self.image_resize)
         self.dim_mask = self.transform.dim_mask
         self.on_bad_sample = on_bad_sample
         self.max_consecutive_skips = max_consecutive_skips

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from lingvla.train.checkpoint import full_state_dict, list_checkpoints, load_che
 from lingvla.train.config import TrainConfig
 from lingvla.train.ema import EMA, checkpoint_ema_names
 from lingvla.train.parallel import Distributed, init_distributed, parallelize, resolve_precision
+
+if TYPE_CHECKING:
+    from lingvla.data.samples import SampleSpec
 
 
 REPLAN_EVERY = 250  # steps between re-plans of a run with a deadline
@@ -105,20 +108,29 @@ def lr_multipliers(config: TrainConfig) -> dict[str, float]:
     return config.optim.lr_multipliers
 
 
+def sample_spec(model_config, data) -> SampleSpec:
+    """What a run's samples hold: the model's sizes, the data's normalization, and with depth
+    distillation on, the depth maps its teacher reads (sim-depth online) or the teacher's cached
+    targets (data.depth_cache)."""
+    from lingvla.data.samples import SampleSpec
+
+    on = model_config.depth.enabled
+    return SampleSpec.for_model(model_config, normalization=data.normalization,
+                                depth=on and not data.depth_cache and data.depth_teacher == "sim-depth",
+                                depth_cache=data.depth_teacher if on and data.depth_cache else None)
+
+
 def check_depth_data(config: TrainConfig) -> None:
     """With depth distillation on, fail before training unless every dataset has what the targets
     need: the depth maps (sim-depth online) or a matching depth cache (data.depth_cache)."""
-    from lingvla.data.embodiments import CAMERA_SLOTS, load_registry
+    from lingvla.data.embodiments import load_registry
     from lingvla.data.samples import RobotDataset
 
     m, d = config.model, config.data
     registry = load_registry(d.embodiment_paths or None)
-    for spec in d.datasets:
-        dataset = RobotDataset(spec["path"], spec.get("embodiment"), action_dim=m.action_dim,
-                               chunk_size=m.chunk_size, image_size=m.image_size,
-                               camera_slots=CAMERA_SLOTS[:m.num_cameras], registry=registry,
-                               depth=not d.depth_cache and d.depth_teacher == "sim-depth",
-                               depth_cache=d.depth_teacher if d.depth_cache else None)
+    spec = sample_spec(m, d)
+    for entry in d.datasets:
+        dataset = RobotDataset(entry["path"], entry.get("embodiment"), spec=spec, registry=registry)
         cache = dataset.depth_cache
         if cache is not None and cache.shape != (m.depth.num_latents, m.depth.teacher_dim):
             raise ValueError(f"depth cache {cache.dir} holds {cache.shape[0]} tokens x {cache.shape[1]}; the "
@@ -420,17 +432,9 @@ def build(config: TrainConfig) -> Trainer:
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay, fused=device.type == "cuda" or None)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    loader = make_dataloader(
-        [{"root": d["path"], **{k: v for k, v in d.items() if k != "path"}} for d in config.data.datasets],
-        batch_size=micro_global // world, norm_stats=str(norm_path), action_dim=model_config.action_dim,
-        chunk_size=model_config.chunk_size, image_size=model_config.image_size,
-        num_cameras=model_config.num_cameras, weights=config.data.weights, seed=config.seed,
-        num_workers=config.data.num_workers, rank=dist_info.rank, world_size=world,
-        on_bad_sample=config.data.on_bad_sample, normalization_mode=config.data.normalization,
-        embodiment_paths=config.data.embodiment_paths or None, pin_memory=device.type == "cuda",
-        depth=teacher is not None and config.data.depth_teacher == "sim-depth",
-        depth_cache=config.data.depth_teacher if depth_on and config.data.depth_cache else None,
-        preload_images=config.data.preload_images, image_resize=model_config.image_resize)
+    loader = make_dataloader(config.data, sample_spec(model_config, config.data),
+                             batch_size=micro_global // world, norm_stats=str(norm_path), seed=config.seed,
+                             rank=dist_info.rank, world_size=world, pin_memory=device.type == "cuda")
     return Trainer(config=config, device=device, dist=dist_info, model=model, model_config=model_config,
                    tokenizer=tokenizer, optimizer=optimizer, ema=ema, loader=loader, teacher=teacher,
                    norm_path=norm_path, autocast=precision == "bf16" and dist_info.mesh is None,
