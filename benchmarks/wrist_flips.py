@@ -38,12 +38,14 @@ def dataset_flips(path: str) -> list[int]:
 def policy_flips(checkpoint: str, task: str, episodes: int, seed: int) -> dict:
     import torch
 
+    from lingvla.serve.broker import Execution
     from lingvla.serve.policy import Policy
     from lingvla.sim.env import make_env
     from lingvla.sim.evaluate import run_episode
 
     torch.set_num_threads(1)
     policy = Policy.from_checkpoint(checkpoint)
+    whole_chunks = Execution(execute_horizon=policy.model.config.chunk_size)
     rows = []
     with make_env(task, image_size=policy.model.config.image_size) as env:
         for s in range(seed, seed + episodes):
@@ -52,7 +54,7 @@ def policy_flips(checkpoint: str, task: str, episodes: int, seed: int) -> dict:
             def on_step(step, env, peak=peak):
                 peak[0] = max(peak[0], float(np.abs(env.physics.joint_state()[FOREARM_ROLL]).max()))
 
-            result, _ = run_episode(policy, env, s, policy.model.config.chunk_size, on_step=on_step)
+            result, _ = run_episode(policy, env, s, whole_chunks, on_step=on_step)
             rows.append({"seed": s, "success": result.success, "flipped": peak[0] > FLIP})
     flipped = [r for r in rows if r["flipped"]]
     kept = [r for r in rows if not r["flipped"]]

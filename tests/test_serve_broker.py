@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from lingvla.serve.broker import ActionBroker, boundary_jumps, ensemble_weights
+from lingvla.serve.broker import ActionBroker, Execution, boundary_jumps, ensemble_weights
 
 
 class Source:
@@ -31,7 +31,7 @@ def drive(broker, ticks):
 
 def test_plain_chunking_executes_chunks_back_to_back():
     src = Source(lambda j, k: np.full((6, 2), 10.0 * j) + np.arange(6)[:, None])
-    out = drive(ActionBroker(src, mode="chunk", execute_horizon=4), 12)
+    out = drive(ActionBroker(src, Execution("chunk", execute_horizon=4)), 12)
     assert [c["tick"] for c in src.calls] == [0, 4, 8]
     expected = np.concatenate([np.full((4, 2), 10.0 * j) + np.arange(4)[:, None] for j in range(3)])
     np.testing.assert_array_equal(out, expected)
@@ -40,7 +40,7 @@ def test_plain_chunking_executes_chunks_back_to_back():
 def test_ensembling_uses_acts_exact_weights():
     h, m = 4, 0.5
     src = Source(lambda j, k: np.full((h, 3), float(j)))  # chunk j (requested at tick j) is all j
-    broker = ActionBroker(src, mode="ensemble", execute_horizon=1, ensemble_decay=m)
+    broker = ActionBroker(src, Execution("ensemble", execute_horizon=1, ensemble_decay=m))
     out = drive(broker, 10)
     np.testing.assert_allclose(ensemble_weights(3, m), np.exp(-m * np.arange(3)) / np.exp(-m * np.arange(3)).sum())
     for k in range(10):
@@ -55,8 +55,9 @@ def test_ensembling_smooths_boundaries_of_jumpy_chunks():
     offsets = rng.choice([-1.0, 1.0], size=100)
     # Every chunk follows the same smooth path but starts from its own random offset.
     make = lambda j, k: (np.sin((k + np.arange(8)) / 10.0) + offsets[j])[:, None].repeat(2, 1)  # noqa: E731
-    plain = drive(ActionBroker(Source(make), mode="chunk", execute_horizon=4), 60)
-    ensembled = drive(ActionBroker(Source(make), mode="ensemble", execute_horizon=1, ensemble_decay=0.0), 60)
+    plain = drive(ActionBroker(Source(make), Execution("chunk", execute_horizon=4)), 60)
+    ensemble = Execution("ensemble", execute_horizon=1, ensemble_decay=0.0)
+    ensembled = drive(ActionBroker(Source(make), ensemble), 60)
     plain_steps = np.abs(np.diff(plain[:, 0]))
     ens_steps = np.abs(np.diff(ensembled[8:, 0]))  # after the window has filled
     assert plain_steps.max() > 1.5
@@ -68,7 +69,7 @@ def test_rtc_sends_the_plan_and_executes_committed_actions_during_the_delay(asyn
     h, s, d = 10, 5, 3
     make = lambda j, k: np.full((h, 2), 100.0 * j) + np.arange(h)[:, None]  # noqa: E731  (ignores the prefix)
     src = Source(make, sleep=0.05 if asynchronous else 0.0)
-    broker = ActionBroker(src, mode="rtc", execute_horizon=s, delay=d, asynchronous=asynchronous)
+    broker = ActionBroker(src, Execution("rtc", execute_horizon=s, delay=d), asynchronous=asynchronous)
     out = drive(broker, 22)
     broker.close()
     # Requests every s ticks; each carries the current chunk's remaining plan and d.
@@ -95,7 +96,7 @@ def test_async_and_sync_execute_the_same_stream():
     make = lambda j, k: np.sin(j + np.arange(12) / 3.0)[:, None].repeat(3, 1)  # noqa: E731
     runs = []
     for asynchronous in (False, True):
-        broker = ActionBroker(Source(make, sleep=0.002), mode="chunk", execute_horizon=6, delay=4,
+        broker = ActionBroker(Source(make, sleep=0.002), Execution("chunk", execute_horizon=6, delay=4),
                               asynchronous=asynchronous)
         runs.append(drive(broker, 40))
         broker.close()
@@ -104,7 +105,7 @@ def test_async_and_sync_execute_the_same_stream():
 
 def test_boundary_jumps_and_reset():
     make = lambda j, k: np.full((4, 1), float(j * j))  # noqa: E731
-    broker = ActionBroker(Source(make), mode="chunk", execute_horizon=4)
+    broker = ActionBroker(Source(make), Execution("chunk", execute_horizon=4))
     drive(broker, 12)
     np.testing.assert_allclose(boundary_jumps(broker.actions, broker.switches), [1.0, 3.0])
     broker.reset()
@@ -114,13 +115,39 @@ def test_boundary_jumps_and_reset():
 def test_configuration_errors():
     src = Source(lambda j, k: np.zeros((10, 2)))
     with pytest.raises(ValueError, match="one request in flight"):
-        ActionBroker(src, execute_horizon=3, delay=4)
+        Execution(execute_horizon=3, delay=4)
     with pytest.raises(ValueError, match="run out of actions"):
-        ActionBroker(src, execute_horizon=8, delay=3).act({"tick": 0})
+        ActionBroker(src, Execution(execute_horizon=8, delay=3)).act({"tick": 0})
     with pytest.raises(ValueError, match="unknown broker mode"):
-        ActionBroker(src, mode="average")
+        Execution(mode="average")
     with pytest.raises(ValueError, match="expected 4"):
-        ActionBroker(src, chunk_size=4, execute_horizon=2).act({"tick": 0})
+        ActionBroker(src, Execution(execute_horizon=2), chunk_size=4).act({"tick": 0})
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"delay": -1}, r"^delay must be in \[0, execute_horizon\].*got delay=-1"),
+    ({"execute_horizon": 0}, r"^execute_horizon must be >= 1; got 0"),
+    ({"execute_horizon": 2.5}, r"^execute_horizon must be an int"),
+    ({"delay": True}, r"^delay must be an int"),
+    ({"mode": "ensemble", "ensemble_decay": float("nan")}, r"^ensemble_decay must be a finite number"),
+    ({"mode": "chunk", "rtc": object()}, r"^rtc \(an RTCConfig\) is for mode 'rtc'; got mode 'chunk'"),
+])
+def test_an_execution_names_its_bad_field(fields, named):
+    with pytest.raises(ValueError, match=named):
+        Execution(**fields)
+
+
+def test_an_execution_resolves_its_horizon_from_the_chunk_size():
+    assert Execution().resolve(50).execute_horizon == 50
+    assert Execution("ensemble").resolve(50).execute_horizon == 1
+    assert Execution("rtc", delay=5).resolve(50) == Execution("rtc", execute_horizon=25, delay=5)
+    given = Execution("rtc", execute_horizon=10, delay=3)
+    assert given.resolve(50) is given
+    with pytest.raises(ValueError, match="delay must be in"):
+        Execution("rtc", delay=30).resolve(50)  # half the chunk is less than the delay
+    broker = ActionBroker(Source(lambda j, k: np.zeros((10, 2))), Execution("rtc", delay=2))
+    broker.act({"tick": 0})
+    assert broker.execution == Execution("rtc", execute_horizon=5, delay=2)
 
 
 def test_async_requests_see_a_snapshot_of_the_observation():
@@ -131,7 +158,7 @@ def test_async_requests_see_a_snapshot_of_the_observation():
         seen.append(float(obs["image"][0]))
         return np.zeros((8, 1))
 
-    broker = ActionBroker(source, mode="chunk", execute_horizon=4, delay=2, asynchronous=True)
+    broker = ActionBroker(source, Execution("chunk", execute_horizon=4, delay=2), asynchronous=True)
     buffer = {"image": np.zeros(1)}
     for k in range(8):
         buffer["image"][:] = k  # written in place, like a renderer's output array
@@ -147,8 +174,8 @@ def test_observations_are_needed_only_on_request_ticks(mode, delay):
     make = lambda j, k: np.full((10, 2), 100.0 * j) + np.arange(10)[:, None]  # noqa: E731
     full_src, lazy_src = Source(make), Source(make)
     horizon = 1 if mode == "ensemble" else 5
-    full = ActionBroker(full_src, mode=mode, execute_horizon=horizon, delay=delay, ensemble_decay=0.3)
-    lazy = ActionBroker(lazy_src, mode=mode, execute_horizon=horizon, delay=delay, ensemble_decay=0.3)
+    execution = Execution(mode, execute_horizon=horizon, delay=delay, ensemble_decay=0.3)
+    full, lazy = ActionBroker(full_src, execution), ActionBroker(lazy_src, execution)
     needed, out = [], []
     for k in range(17):
         need = lazy.needs_observation()
@@ -157,4 +184,4 @@ def test_observations_are_needed_only_on_request_ticks(mode, delay):
     np.testing.assert_array_equal(np.stack(out), drive(full, 17))
     assert [k for k, need in enumerate(needed) if need] == [c["tick"] for c in full_src.calls]
     with pytest.raises(ValueError, match="needs the observation"):
-        ActionBroker(Source(make), mode=mode, execute_horizon=horizon).act(None)
+        ActionBroker(Source(make), Execution(mode, execute_horizon=horizon)).act(None)

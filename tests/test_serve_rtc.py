@@ -9,6 +9,7 @@ import torch
 
 from lingvla.serve.policy import ObservationError, Policy
 from lingvla.serve.bench import run_broker, smooth_noise, smooth_source
+from lingvla.serve.broker import Execution
 from lingvla.model.sampling import guidance_weight
 from lingvla.serve.rtc import RTCConfig, prefix_weights
 
@@ -89,8 +90,8 @@ def test_rtc_shrinks_boundary_jumps_on_a_real_tiny_model(policy):
     jumps = {}
     for label, mode, rtc in (("async", "chunk", None), ("guidance", "rtc", RTCConfig("guidance")),
                              ("inpaint", "rtc", RTCConfig("inpaint"))):
-        broker = run_broker(smooth_source(policy, 0, 6.0, rtc=rtc), obs, 100, mode=mode,
-                            execute_horizon=25, delay=5)
+        broker = run_broker(smooth_source(policy, 0, 6.0, rtc=rtc), obs, 100,
+                            Execution(mode, execute_horizon=25, delay=5, rtc=rtc))
         actions = np.stack(broker.actions)
         assert broker.switches == [0, 30, 55, 80]
         k = np.array(broker.switches[1:])

@@ -288,7 +288,7 @@ def test_cli_serve_exits_0_on_sigterm(tiny_checkpoint, tmp_path):
 
 
 def test_broker_drives_real_time_chunking_through_the_server(server):
-    from lingvla.serve.broker import ActionBroker
+    from lingvla.serve.broker import ActionBroker, Execution
 
     class Recording:
         def __init__(self, client):
@@ -301,7 +301,7 @@ def test_broker_drives_real_time_chunking_through_the_server(server):
 
     client = WebsocketClientPolicy("127.0.0.1", server.port)
     remote = Recording(client)
-    broker = ActionBroker(remote, mode="rtc", execute_horizon=20, delay=4, asynchronous=True)
+    broker = ActionBroker(remote, Execution("rtc", execute_horizon=20, delay=4), asynchronous=True)
     actions = np.stack([broker.act(observation()) for _ in range(30)])
     broker.close()
     client._ws.close()

@@ -12,6 +12,7 @@ pytest.importorskip("gym_aloha")
 pytest.importorskip("mujoco")
 
 from conftest import HoldStill, ReplayPolicy, make_tiny_checkpoint, run_sim_cli  # noqa: E402
+from lingvla.serve.broker import Execution  # noqa: E402
 from lingvla.sim import evaluate as evaluate_module  # noqa: E402
 from lingvla.sim.evaluate import CheckpointMismatchError, evaluate  # noqa: E402
 from lingvla.sim.seeds import EVAL_SEED_START, SeedRangeError  # noqa: E402
@@ -60,16 +61,16 @@ def test_eval_sim_cli_writes_report(checkpoint, tmp_path, capsys, monkeypatch):
 
 def test_scripted_replay_succeeds_and_holding_still_fails():
     replay = ReplayPolicy("transfer_cube", SEED, every=50)
-    good = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay, actions_per_chunk=50,
-                    image_size=RENDER, progress=False)
+    good = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay,
+                    execution=Execution(execute_horizon=50), image_size=RENDER, progress=False)
     assert good.success_rate == 1.0 and good.progress == 1.0
     first = good.episodes[0]
     assert first.success and first.max_reward == 4
     assert first.steps == first.first_success_step < 400  # the episode ends at the first success
     assert first.inferences == -(-first.steps // 50)
 
-    still = evaluate(None, "transfer_cube", 2, seed=SEED, policy=HoldStill(), actions_per_chunk=50,
-                     image_size=RENDER, progress=False)
+    still = evaluate(None, "transfer_cube", 2, seed=SEED, policy=HoldStill(),
+                     execution=Execution(execute_horizon=50), image_size=RENDER, progress=False)
     assert still.success_rate == 0.0 and still.progress == 0.0
     assert [e.steps for e in still.episodes] == [400, 400]
     assert [e.max_reward for e in still.episodes] == [0, 0]
@@ -77,9 +78,12 @@ def test_scripted_replay_succeeds_and_holding_still_fails():
 
 def test_temporal_ensembling_of_a_consistent_policy_replays_it():
     replay = ReplayPolicy("transfer_cube", SEED, every=10)
-    report = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay, actions_per_chunk=10,
-                      ensemble_decay=0.01, image_size=RENDER, progress=False)
+    report = evaluate(None, "transfer_cube", 1, seed=SEED, policy=replay,
+                      execution=Execution("ensemble", execute_horizon=10, ensemble_decay=0.01),
+                      image_size=RENDER, progress=False)
     assert report.success_rate == 1.0
+    summary = report.summary()
+    assert summary["actions_per_chunk"] == 10 and summary["ensemble_decay"] == 0.01 and summary["rtc"] is None
     assert report.episodes[0].inferences == -(-report.episodes[0].steps // 10)
 
 
@@ -103,9 +107,9 @@ def test_episodes_run_through_the_broker_and_render_only_for_requests(monkeypatc
     made = []
     original = broker_module.ActionBroker.__init__
 
-    def spy(self, *args, **kwargs):
-        made.append(kwargs)
-        original(self, *args, **kwargs)
+    def spy(self, source, execution, **kwargs):
+        made.append(execution)
+        original(self, source, execution, **kwargs)
 
     monkeypatch.setattr(broker_module.ActionBroker, "__init__", spy)
     env = make_env("transfer_cube", image_size=RENDER, max_steps=45)
@@ -119,16 +123,18 @@ def test_episodes_run_through_the_broker_and_render_only_for_requests(monkeypatc
     env.step = counting_step
     policy = Counting()
     try:
-        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45)
-        assert made[-1]["mode"] == "chunk" and made[-1]["execute_horizon"] == 20
+        every_20 = Execution(execute_horizon=20)
+        result, _ = evaluate_module.run_episode(policy, env, SEED, every_20, max_steps=45)
+        assert made[-1].mode == "chunk" and made[-1].execute_horizon == 20
         assert result.inferences == 3  # ticks 0, 20, 40
         # rendered after steps 20 and 40 only (the reset renders tick 0)
         assert [i + 1 for i, r in enumerate(renders) if r] == [20, 40]
-        ensembled, _ = evaluate_module.run_episode(Counting(), env, SEED, 10, ensemble_decay=0.01, max_steps=45)
-        assert made[-1]["mode"] == "ensemble" and made[-1]["ensemble_decay"] == 0.01
+        ensemble = Execution("ensemble", execute_horizon=10, ensemble_decay=0.01)
+        ensembled, _ = evaluate_module.run_episode(Counting(), env, SEED, ensemble, max_steps=45)
+        assert made[-1].mode == "ensemble" and made[-1].ensemble_decay == 0.01
         assert ensembled.inferences == 5
         with pytest.raises(CheckpointMismatchError, match="a chunk of 15 actions cannot cover 20 steps"):
-            evaluate_module.run_episode(Counting(length=15), env, SEED, 20, max_steps=45)
+            evaluate_module.run_episode(Counting(length=15), env, SEED, every_20, max_steps=45)
     finally:
         env.close()
 
@@ -148,8 +154,8 @@ class Recording:
 
 @pytest.mark.parametrize("method", ["inpaint", "guidance"])
 def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkeypatch, method):
-    """rtc: every chunk after the first is asked to continue the previous chunk's unexecuted
-    actions, and its first rtc_delay actions are those actions exactly."""
+    """mode "rtc": every chunk after the first is asked to continue the previous chunk's unexecuted
+    actions, and its first `delay` actions are those actions exactly."""
     from lingvla.serve.policy import Policy
     from lingvla.serve.rtc import RTCConfig
     from lingvla.sim.env import make_env
@@ -158,8 +164,8 @@ def test_rtc_chunks_continue_the_unexecuted_actions(checkpoint, tmp_path, monkey
     policy = Recording(Policy.from_checkpoint(checkpoint))
     env = make_env("transfer_cube", image_size=SIZE, max_steps=45)
     try:
-        result, _ = evaluate_module.run_episode(policy, env, SEED, 20, max_steps=45,
-                                                rtc=RTCConfig(method, max_guidance=2.0), rtc_delay=3)
+        execution = Execution("rtc", execute_horizon=20, delay=3, rtc=RTCConfig(method, max_guidance=2.0))
+        result, _ = evaluate_module.run_episode(policy, env, SEED, execution, max_steps=45)
     finally:
         env.close()
     assert result.inferences == 3 and len(policy.calls) == 3  # steps 0, 20, 40
@@ -227,8 +233,8 @@ def test_a_top_camera_policy_gets_only_the_top_camera(tmp_path, monkeypatch):
         return real(self, obs, **kwargs)
 
     monkeypatch.setattr(Policy, "infer", infer)
-    report = evaluate(ckpt, "transfer_cube", 1, seed=SEED, max_steps=12, actions_per_chunk=10,
-                      out=tmp_path / "r", videos=1, progress=False)
+    report = evaluate(ckpt, "transfer_cube", 1, seed=SEED, max_steps=12,
+                      execution=Execution(execute_horizon=10), out=tmp_path / "r", videos=1, progress=False)
     assert len(report.episodes) == 1 and seen and all(names == ["top"] for names in seen)
     import av
 
@@ -255,18 +261,65 @@ def test_an_image_size_other_than_the_training_images_is_refused(tmp_path, no_ro
 def test_bad_settings_are_refused_before_rollouts(checkpoint, no_rollouts):
     with pytest.raises(SeedRangeError, match="demonstration seeds"):
         evaluate(checkpoint, "transfer_cube", 2, seed=5, progress=False)
-    with pytest.raises(ValueError, match="choose one"):
-        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="guidance", ensemble_decay=0.01, progress=False)
-    with pytest.raises(ValueError, match="must be >= 1 and >= rtc_delay"):
-        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="inpaint", actions_per_chunk=40, rtc_delay=11,
-                 progress=False)
-    with pytest.raises(ValueError, match="max_guidance must be > 0"):
-        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc="guidance", rtc_max_guidance=0.0, progress=False)
-    with pytest.raises(ValueError, match="give rtc too"):
-        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, rtc_delay=2, progress=False)
+    with pytest.raises(ValueError, match="must be >= 1 and >= delay"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED,
+                 execution=Execution("rtc", execute_horizon=40, delay=11), progress=False)
+    with pytest.raises(ValueError, match="is for real-time chunking"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, execution=Execution(delay=2), progress=False)
+    with pytest.raises(ValueError, match="ensemble_decay must be a finite number >= 0"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED,
+                 execution=Execution("ensemble", ensemble_decay=-0.1), progress=False)
     with pytest.raises(ValueError, match="num_steps=0"):
         evaluate(checkpoint, "transfer_cube", 1, seed=SEED, num_steps=0, progress=False)
-    with pytest.raises(ValueError, match="actions_per_chunk=51"):
-        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, actions_per_chunk=51, progress=False)
+    with pytest.raises(ValueError, match="execute_horizon=51"):
+        evaluate(checkpoint, "transfer_cube", 1, seed=SEED, execution=Execution(execute_horizon=51),
+                 progress=False)
     with pytest.raises(CheckpointMismatchError, match="not an inference checkpoint"):
         evaluate(checkpoint.parent, "transfer_cube", 1, seed=SEED, progress=False)
+
+
+def test_eval_sim_flags_that_do_not_combine_are_refused(checkpoint, tmp_path, no_rollouts, capsys):
+    base = ["eval-sim", str(checkpoint), "--episodes", "1", "--seed", str(SEED), "--out", str(tmp_path / "r"),
+            "--no-progress"]
+    for flags, words in ((["--rtc", "guidance", "--ensemble-decay", "0.01"], "choose one"),
+                         (["--rtc-delay", "2"], "give --rtc too"),
+                         (["--rtc", "guidance", "--rtc-max-guidance", "0"], "max_guidance must be > 0"),
+                         (["--rtc", "inpaint", "--actions-per-chunk", "5", "--rtc-delay", "6"],
+                          "delay must be in")):
+        assert run_sim_cli(base + flags) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_the_report_writes_the_execution_under_its_json_keys():
+    from lingvla.serve.rtc import RTCConfig
+
+    keys = ("actions_per_chunk", "ensemble_decay", "rtc", "rtc_delay", "rtc_max_guidance")
+
+    def summary(execution):
+        report = evaluate_module.EvalReport(task="transfer_cube", checkpoint="ckpt", seed=SEED,
+                                            execution=execution, image_size=SIZE, workers=1, wall_s=1.0)
+        return tuple(report.summary()[k] for k in keys)
+
+    assert summary(Execution(execute_horizon=50)) == (50, None, None, None, None)
+    ensemble = Execution("ensemble", execute_horizon=1, ensemble_decay=0.02)
+    assert summary(ensemble) == (1, 0.02, None, None, None)
+    guided = Execution("rtc", execute_horizon=25, delay=3, rtc=RTCConfig("guidance", max_guidance=2.0))
+    assert summary(guided) == (25, None, "guidance", 3, 2.0)
+    inpainted = Execution("rtc", execute_horizon=25, rtc=RTCConfig("inpaint"))
+    assert summary(inpainted) == (25, None, "inpaint", 0, None)
+
+
+def test_check_policy_resolves_the_execution(checkpoint):
+    from lingvla.serve.policy import Policy
+    from lingvla.serve.rtc import RTCConfig
+
+    policy = Policy.from_checkpoint(checkpoint)
+    chunk = policy.config.chunk_size
+    check = evaluate_module.check_policy
+    assert check(policy, "transfer_cube", Execution()) == Execution(execute_horizon=chunk)
+    assert check(policy, "transfer_cube", Execution("ensemble")) == Execution("ensemble", execute_horizon=1)
+    assert check(policy, "transfer_cube", Execution("rtc", delay=2)) == \
+        Execution("rtc", execute_horizon=chunk // 2, delay=2, rtc=RTCConfig())
+    with pytest.raises(ValueError, match="execute_horizon must be given"):
+        check(HoldStill(), "transfer_cube", Execution())

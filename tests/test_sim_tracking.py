@@ -44,7 +44,7 @@ def test_bad_steps_and_chunk_lengths_are_refused(env):
         track(env, HoldStill(), [SEED], [100])
     with pytest.raises(ValueError, match="non-negative"):
         track(env, HoldStill(), [SEED], [-1])
-    with pytest.raises(ValueError, match="actions_per_chunk=0"):
+    with pytest.raises(ValueError, match="execute_horizon must be >= 1; got 0"):
         track(env, HoldStill(), [SEED], [10], per_chunk=0)
     with pytest.raises(ValueError, match="a chunk of 50 actions cannot cover 60 steps"):
         track(env, HoldStill(), [SEED], [10], per_chunk=60)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from lingvla.sim.seeds import EVAL_SEED_START
 from lingvla.sim.tasks import CAMERAS
+
+if TYPE_CHECKING:
+    from lingvla.serve.broker import Execution
 
 TASK_NAMES = ("transfer_cube", "insertion")
 
@@ -173,17 +177,34 @@ def _eval_sim(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.checkpoint).resolve().parent / f"eval_{args.task}")
     try:
-        report = evaluate(args.checkpoint, args.task, args.episodes, seed=args.seed,
-                          actions_per_chunk=args.actions_per_chunk, ensemble_decay=args.ensemble_decay,
-                          image_size=args.image_size, out=out, workers=args.workers,
+        report = evaluate(args.checkpoint, args.task, args.episodes, execution=_execution(args),
+                          seed=args.seed, image_size=args.image_size, out=out, workers=args.workers,
                           videos=args.videos, max_steps=args.max_steps,
-                          progress=not args.no_progress, num_steps=args.num_steps, rtc=args.rtc,
-                          rtc_delay=args.rtc_delay, rtc_max_guidance=args.rtc_max_guidance)
+                          progress=not args.no_progress, num_steps=args.num_steps)
     except (CheckpointMismatchError, SeedRangeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     print(json.dumps(report.summary()), flush=True)
     return 0
+
+
+def _execution(args: argparse.Namespace) -> Execution:
+    """The eval-sim flags as a lingvla.serve.broker.Execution (ValueError for a bad combination)."""
+    from lingvla.serve.broker import Execution
+
+    if args.rtc is not None:
+        from lingvla.serve.rtc import RTCConfig
+
+        if args.ensemble_decay is not None:
+            raise ValueError("--rtc and --ensemble-decay are two ways to join chunks: choose one")
+        return Execution(mode="rtc", execute_horizon=args.actions_per_chunk, delay=args.rtc_delay,
+                         rtc=RTCConfig(method=args.rtc, max_guidance=args.rtc_max_guidance))
+    if args.rtc_delay:
+        raise ValueError(f"--rtc-delay {args.rtc_delay} is for real-time chunking: give --rtc too")
+    if args.ensemble_decay is not None:
+        return Execution(mode="ensemble", execute_horizon=args.actions_per_chunk,
+                         ensemble_decay=args.ensemble_decay)
+    return Execution(execute_horizon=args.actions_per_chunk)
 
 
 def _bench_sim(args: argparse.Namespace) -> int:

@@ -7,8 +7,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lingvla.serve.broker import Execution
 
 PROMPT = "pick up the cube with the right arm and transfer it to the left arm"
 CAMERAS = ("top", "left_wrist", "right_wrist")
@@ -152,11 +156,12 @@ def smooth_source(policy, noise_seed: int, length_scale: float, rtc=None, white:
     return source
 
 
-def run_broker(source, obs: dict, ticks: int, **broker_kwargs):
-    """Drive an ActionBroker for `ticks` control ticks (the state follows the executed action)."""
+def run_broker(source, obs: dict, ticks: int, execution: Execution):
+    """Drive an ActionBroker executing `execution` for `ticks` control ticks (the state follows the
+    executed action)."""
     from lingvla.serve.broker import ActionBroker
 
-    broker = ActionBroker(source, **broker_kwargs)
+    broker = ActionBroker(source, execution)
     obs = dict(obs)
     try:
         for _ in range(ticks):
@@ -171,28 +176,30 @@ def smoothness_runs(policy, obs: dict, *, ticks: int, execute_horizon: int, dela
                     ensemble_horizon: int, ensemble_decay: float, noise_seed: int = 0,
                     length_scale: float = 6.0, white: bool = False):
     """-> {label: (broker, record)} for the broker's modes on the same sequence of noises."""
-    from lingvla.serve.broker import boundary_jumps
+    from lingvla.serve.broker import Execution, boundary_jumps
     from lingvla.serve.rtc import RTCConfig
 
     runs = {
-        "chunk_sync": dict(mode="chunk", execute_horizon=execute_horizon, delay=0),
-        "chunk_async": dict(mode="chunk", execute_horizon=execute_horizon, delay=delay),
-        "ensemble": dict(mode="ensemble", execute_horizon=ensemble_horizon, delay=0,
-                         ensemble_decay=ensemble_decay),
-        "rtc_guidance": dict(mode="rtc", execute_horizon=execute_horizon, delay=delay),
-        "rtc_inpaint": dict(mode="rtc", execute_horizon=execute_horizon, delay=delay),
+        "chunk_sync": Execution("chunk", execute_horizon, delay=0),
+        "chunk_async": Execution("chunk", execute_horizon, delay=delay),
+        "ensemble": Execution("ensemble", ensemble_horizon, delay=0, ensemble_decay=ensemble_decay),
+        "rtc_guidance": Execution("rtc", execute_horizon, delay=delay, rtc=RTCConfig("guidance")),
+        "rtc_inpaint": Execution("rtc", execute_horizon, delay=delay, rtc=RTCConfig("inpaint")),
     }
     out = {}
-    for label, kwargs in runs.items():
-        rtc = RTCConfig(method=label.split("_")[1]) if kwargs["mode"] == "rtc" else None
-        source = smooth_source(policy, noise_seed, length_scale, rtc=rtc, white=white)
-        broker = run_broker(source, obs, ticks, **kwargs)
+    for label, execution in runs.items():
+        source = smooth_source(policy, noise_seed, length_scale, rtc=execution.rtc, white=white)
+        broker = run_broker(source, obs, ticks, execution)
         actions = np.stack(broker.actions)
         jumps = boundary_jumps(actions, broker.switches)
         steps = np.linalg.norm(np.diff(actions, axis=0), axis=-1)
         inside = np.ones(len(steps), dtype=bool)
         inside[[k - 1 for k in broker.switches if k > 0]] = False
-        record = {"bench": "smoothness", "run": label, **kwargs,
+        settings = {"mode": execution.mode, "execute_horizon": execution.execute_horizon,
+                    "delay": execution.delay}
+        if execution.mode == "ensemble":
+            settings["ensemble_decay"] = execution.ensemble_decay
+        record = {"bench": "smoothness", "run": label, **settings,
                   "ticks": ticks, "chunks": len(broker.latencies_ms), "switches": len(jumps),
                   "jump_mean": round(float(jumps.mean()), 4) if len(jumps) else None,
                   "jump_max": round(float(jumps.max()), 4) if len(jumps) else None,

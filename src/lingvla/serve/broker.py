@@ -1,12 +1,13 @@
 """The client-side action broker: one action per control tick out of a stream of action chunks.
 
-    broker = ActionBroker(policy_source(policy), mode="rtc", execute_horizon=25, delay=5)
+    broker = ActionBroker(policy, Execution(mode="rtc", execute_horizon=25, delay=5))
     while True:
         robot.apply(broker.act(robot.observe()))
 
-Time is counted in control ticks. A chunk requested at tick k is computed from the observation of
-tick k, so its step i is meant for tick k + i; it becomes usable `delay` ticks later (the inference
-delay d, in ticks). A new chunk is requested every `execute_horizon` ticks (s). Modes:
+An `Execution` says how chunks drive the robot. Time is counted in control ticks. A chunk requested
+at tick k is computed from the observation of tick k, so its step i is meant for tick k + i; it
+becomes usable `delay` ticks later (the inference delay d, in ticks). A new chunk is requested every
+`execute_horizon` ticks (s). Modes:
 
 - "chunk": execute the newest usable chunk (with d > 0 this is naive asynchronous chunking: the
   switch to a freshly sampled chunk can jump).
@@ -14,8 +15,9 @@ delay d, in ticks). A new chunk is requested every `execute_horizon` ticks (s). 
   weights exp(-m * i), i = 0 for the oldest (m = `ensemble_decay`; m > 0 favours older chunks, as
   ACT does, m < 0 newer ones).
 - "rtc": real-time chunking. The request carries the current chunk's remaining actions and d
-  (`prefix_actions`, `prefix_delay`) and the policy samples a continuation (lingvla.serve.rtc); the
-  broker then executes the new chunk from step d, exactly as in "chunk" mode.
+  (`prefix_actions`, `prefix_delay`) and the policy samples a continuation (lingvla.serve.rtc, with
+  the Execution's `rtc` config; None: the policy's or the server's default sampler); the broker then
+  executes the new chunk from step d, exactly as in "chunk" mode.
 
 With `asynchronous=True` the request runs in a background thread while the robot keeps acting; the
 switch still happens exactly d ticks after the request (the broker waits if the chunk is late and
@@ -30,13 +32,57 @@ e.g. openpi_client's WebsocketClientPolicy against `lingvla serve`) or a plain c
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from lingvla.serve.rtc import RTCConfig
+
 MODES = ("chunk", "ensemble", "rtc")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How chunks drive the robot: which chunks make each tick's action (`mode`, one of MODES), how
+    many actions of a chunk run before the next one is requested, and how late that one arrives."""
+
+    mode: str = "chunk"
+    execute_horizon: int | None = None  # s: actions executed per chunk (None: the mode's default, `resolve`)
+    delay: int = 0  # d: ticks executed while the next chunk is computed (0 <= d <= s)
+    ensemble_decay: float = 0.01  # "ensemble": ACT's m in the weights exp(-m * i)
+    rtc: RTCConfig | None = None  # "rtc": the sampler's config (None: the policy's or server's default)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown broker mode {self.mode!r}: mode must be one of {MODES}")
+        for name in ("execute_horizon", "delay"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"{name} must be an int; got {value!r}")
+        if self.execute_horizon is not None and self.execute_horizon < 1:
+            raise ValueError(f"execute_horizon must be >= 1; got {self.execute_horizon}")
+        if self.delay < 0 or (self.execute_horizon is not None and self.delay > self.execute_horizon):
+            raise ValueError(f"delay must be in [0, execute_horizon]: one request in flight at a time; "
+                             f"got delay={self.delay}, execute_horizon={self.execute_horizon}")
+        if not (isinstance(self.ensemble_decay, numbers.Real) and math.isfinite(self.ensemble_decay)):
+            raise ValueError(f"ensemble_decay must be a finite number; got {self.ensemble_decay!r}")
+        if self.rtc is not None and self.mode != "rtc":
+            raise ValueError(f"rtc (an RTCConfig) is for mode 'rtc'; got mode {self.mode!r}")
+
+    def resolve(self, chunk_size: int) -> Execution:
+        """This execution for chunks of `chunk_size` actions, execute_horizon filled in when None:
+        1 for "ensemble" (ACT), half the chunk for "rtc", the whole chunk for "chunk"."""
+        if self.execute_horizon is not None:
+            return self
+        mode = self.mode
+        horizon = 1 if mode == "ensemble" else chunk_size // 2 if mode == "rtc" else chunk_size
+        return replace(self, execute_horizon=horizon)
 
 
 def policy_source(policy, rtc=None):
@@ -86,19 +132,13 @@ class _Chunk:
 
 
 class ActionBroker:
-    def __init__(self, source, *, mode: str = "chunk", execute_horizon: int | None = None,
-                 delay: int = 0, ensemble_decay: float = 0.01, asynchronous: bool = False,
-                 chunk_size: int | None = None, rtc=None):
-        if mode not in MODES:
-            raise ValueError(f"unknown broker mode {mode!r}; expected one of {MODES}")
-        if execute_horizon is not None and execute_horizon < 1:
-            raise ValueError(f"execute_horizon must be >= 1; got {execute_horizon}")
-        if delay < 0 or (execute_horizon is not None and delay > execute_horizon):
-            raise ValueError(f"delay must be in [0, execute_horizon]: one request in flight at a time; "
-                             f"got delay={delay}, execute_horizon={execute_horizon}")
-        self.source = as_source(source, rtc)
-        self.mode, self.delay, self.ensemble_decay = mode, int(delay), float(ensemble_decay)
-        self.execute_horizon = execute_horizon
+    """One action per control tick out of a chunk source, executed as `execution` says (module doc).
+    `execution` is resolved against the chunk size once the first chunk is in hand."""
+
+    def __init__(self, source, execution: Execution = Execution(), *, asynchronous: bool = False,
+                 chunk_size: int | None = None):
+        self.source = as_source(source, execution.rtc)
+        self.execution = execution
         self.chunk_size = chunk_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lingvla-broker") \
             if asynchronous else None
@@ -132,10 +172,9 @@ class ActionBroker:
             self.chunk_size = actions.shape[0]
         if actions.shape[0] != self.chunk_size:
             raise ValueError(f"chunk has {actions.shape[0]} steps; expected {self.chunk_size}")
-        if self.execute_horizon is None:
-            self.execute_horizon = self.chunk_size if self.mode != "ensemble" else 1
-        if self.execute_horizon + self.delay > self.chunk_size:
-            raise ValueError(f"execute_horizon ({self.execute_horizon}) + delay ({self.delay}) exceeds the "
+        ex = self.execution = self.execution.resolve(self.chunk_size)
+        if ex.execute_horizon + ex.delay > self.chunk_size:
+            raise ValueError(f"execute_horizon ({ex.execute_horizon}) + delay ({ex.delay}) exceeds the "
                              f"chunk ({self.chunk_size}): the robot would run out of actions")
         return actions
 
@@ -152,7 +191,7 @@ class ActionBroker:
 
     def _prefix(self) -> np.ndarray | None:
         """The current plan from this tick on (RTC's prefix), or None before the first chunk."""
-        if self.mode != "rtc" or not self._chunks:
+        if self.execution.mode != "rtc" or not self._chunks:
             return None
         newest = self._chunks[-1]
         rest = newest.actions[self.tick - newest.start:]
@@ -199,14 +238,15 @@ class ActionBroker:
         if not self._covering():
             # Start of an episode (or a gap): nothing to execute, so wait for a chunk now.
             self._resolve(self._request(obs, 0))
-            self._next_request = self.tick + self.execute_horizon
+            self._next_request = self.tick + self.execution.execute_horizon
         elif self.tick >= self._next_request and self._pending is None:
-            chunk = self._request(obs, self.delay)
-            if self.delay == 0:
+            delay = self.execution.delay
+            chunk = self._request(obs, delay)
+            if delay == 0:
                 self._resolve(chunk)
             else:
                 self._pending = chunk
-            self._next_request = self.tick + self.execute_horizon
+            self._next_request = self.tick + self.execution.execute_horizon
         # Chunks that can no longer cover any tick are dropped.
         self._chunks = self._covering()
         action = self._mix(self._chunks)
@@ -215,10 +255,10 @@ class ActionBroker:
         return action
 
     def _mix(self, chunks: list[_Chunk]) -> np.ndarray:
-        if self.mode != "ensemble":
+        if self.execution.mode != "ensemble":
             newest = chunks[-1]
             return newest.actions[self.tick - newest.start].copy()
-        weights = ensemble_weights(len(chunks), self.ensemble_decay)
+        weights = ensemble_weights(len(chunks), self.execution.ensemble_decay)
         rows = np.stack([c.actions[self.tick - c.start] for c in chunks])
         return (weights[:, None] * rows).sum(0).astype(np.float32)
 

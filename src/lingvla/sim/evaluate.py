@@ -5,14 +5,15 @@
 
 Any object with `infer(obs) -> {"actions": [T, 14]}` can be evaluated (`policy=`); a checkpoint
 directory is loaded with `lingvla.serve.policy.Policy`, the object the policy server uses. Each
-episode starts from an evaluation seed (lingvla.sim.seeds; `seed`, `seed + 1`, ...), asks for a
-chunk, executes its first `actions_per_chunk` actions, asks again, ... until reward 4 (success)
-or 400 steps. With `ensemble_decay` set, the chunks overlapping a step are averaged instead, with
-ACT's weights exp(-decay * i) (i = 0 for the oldest). With `rtc` set, each new chunk is sampled by
-real-time chunking (lingvla.serve.rtc) to continue the actions of the previous chunk that were not
-executed, its first `rtc_delay` equal to them (the steps a real robot executes while it waits).
-Flow noise is seeded per episode, so a result depends only on (checkpoint, seed, settings), not on
-the number of worker processes.
+episode starts from an evaluation seed (lingvla.sim.seeds; `seed`, `seed + 1`, ...) and runs
+until reward 4 (success) or 400 steps, its chunks executed as the `execution` says
+(lingvla.serve.broker.Execution): mode "chunk" asks for a chunk, executes its first
+`execute_horizon` actions, asks again, ...; mode "ensemble" averages the chunks overlapping a step
+with ACT's weights exp(-ensemble_decay * i) (i = 0 for the oldest); mode "rtc" samples each new
+chunk by real-time chunking (lingvla.serve.rtc) to continue the actions of the previous chunk that
+were not executed, its first `delay` equal to them (the steps a real robot executes while it
+waits). Flow noise is seeded per episode, so a result depends only on (checkpoint, seed, settings),
+not on the number of worker processes.
 
 The report directory holds results.json (settings, summary, one row per episode), chart.png
 (each episode's best reward stage and the running success rate) and videos/ with the first few
@@ -28,10 +29,12 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from lingvla.serve.broker import Execution
 
 from .seeds import EVAL_SEED_START, eval_seeds
 from .tasks import CAMERAS, EPISODE_STEPS, FPS, MAX_REWARD, get_task
@@ -63,8 +66,7 @@ class EvalReport:
     task: str
     checkpoint: str
     seed: int
-    actions_per_chunk: int
-    ensemble_decay: float | None
+    execution: Execution               # as check_policy resolves it (execute_horizon set)
     image_size: int
     workers: int
     wall_s: float
@@ -72,8 +74,11 @@ class EvalReport:
     out: str | None = None
     max_steps: int = EPISODE_STEPS
     num_steps: int | None = None       # Euler denoising steps per chunk (the policy's)
-    rtc: object | None = None          # lingvla.serve.rtc.RTCConfig when chunks are joined by RTC
-    rtc_delay: int = 0
+
+    @property
+    def actions_per_chunk(self) -> int:
+        """Actions executed per chunk (the execution's horizon)."""
+        return self.execution.execute_horizon
 
     @property
     def success_rate(self) -> float:
@@ -91,18 +96,20 @@ class EvalReport:
     def summary(self) -> dict:
         """The one JSON line `lingvla eval-sim` prints."""
         firsts = [e.first_success_step for e in self.episodes if e.success]
+        ex = self.execution
+        rtc = ex.rtc if ex.mode == "rtc" else None
         return {
             "task": self.task, "checkpoint": self.checkpoint,
             "success_rate": round(self.success_rate, 4),
             "success_ci95": [round(v, 4) for v in self.success_interval],
             "progress": round(self.progress, 4),
             "successes": sum(e.success for e in self.episodes), "episodes": len(self.episodes),
-            "seed": self.seed, "actions_per_chunk": self.actions_per_chunk,
-            "ensemble_decay": self.ensemble_decay, "image_size": self.image_size,
-            "max_steps": self.max_steps, "num_steps": self.num_steps,
-            "rtc": self.rtc.method if self.rtc else None,
-            "rtc_delay": self.rtc_delay if self.rtc else None,
-            "rtc_max_guidance": self.rtc.max_guidance if self.rtc and self.rtc.method == "guidance" else None,
+            "seed": self.seed, "actions_per_chunk": ex.execute_horizon,
+            "ensemble_decay": ex.ensemble_decay if ex.mode == "ensemble" else None,
+            "image_size": self.image_size, "max_steps": self.max_steps, "num_steps": self.num_steps,
+            "rtc": rtc.method if rtc else None,
+            "rtc_delay": ex.delay if rtc else None,
+            "rtc_max_guidance": rtc.max_guidance if rtc and rtc.method == "guidance" else None,
             "median_success_step": int(np.median(firsts)) if firsts else None,
             "infer_ms": round(float(np.mean([e.infer_ms for e in self.episodes])), 2) if self.episodes else None,
             "wall_s": round(self.wall_s, 1), "workers": self.workers, "report": self.out,
@@ -121,13 +128,15 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 # ------------------------------------------------------------------------------ checks
 
-def check_policy(policy, task: str, actions_per_chunk: int | None,
-                 ensemble_decay: float | None = None, rtc=None, rtc_delay: int = 0) -> int:
-    """Refuse a policy that cannot drive `task`; return the actions executed per chunk.
+def check_policy(policy, task: str, execution: Execution) -> Execution:
+    """Refuse a policy that cannot drive `task` with `execution`; return the execution resolved
+    against the policy's chunk (execute_horizon filled in as Execution.resolve does, mode "rtc"
+    given the default RTCConfig when it has none).
 
     A `lingvla.serve.policy.Policy` must have a 14-D action and state embodiment whose cameras include
     the simulator's top / left_wrist / right_wrist; other objects are checked by the pre-flight
-    inference in `evaluate`.
+    inference in `evaluate`. The simulator waits for each chunk, so `delay` is only for mode "rtc"
+    (the steps a robot would execute meanwhile).
     """
     get_task(task)
     chunk = None
@@ -140,26 +149,30 @@ def check_policy(policy, task: str, actions_per_chunk: int | None,
                 f"ALOHA {task} task needs 14 (per arm 6 joints + gripper)")
         policy_cameras(policy)
         chunk = policy.config.chunk_size
-    if actions_per_chunk is None:
+    if execution.execute_horizon is None:
         if chunk is None:
-            raise ValueError("actions_per_chunk must be given for a policy without a config")
-        actions_per_chunk = 1 if ensemble_decay is not None else chunk // 2 if rtc is not None else chunk
-    if actions_per_chunk < 1 or (chunk is not None and actions_per_chunk > chunk):
-        raise ValueError(f"actions_per_chunk={actions_per_chunk} must be in 1..{chunk or 'the chunk size'}")
-    if ensemble_decay is not None and not (math.isfinite(ensemble_decay) and ensemble_decay >= 0):
-        raise ValueError(f"ensemble_decay must be a finite number >= 0; got {ensemble_decay}")
-    if rtc is None and rtc_delay:
-        raise ValueError(f"rtc_delay={rtc_delay} is for real-time chunking: give rtc too")
-    if rtc is not None:
-        if ensemble_decay is not None:
-            raise ValueError("rtc and ensemble_decay are two ways to join chunks: choose one")
+            raise ValueError("execute_horizon must be given for a policy without a config")
+        execution = execution.resolve(chunk)
+    horizon, delay = execution.execute_horizon, execution.delay
+    if chunk is not None and horizon > chunk:
+        raise ValueError(f"execute_horizon={horizon} (actions executed per chunk) must be in 1..{chunk}")
+    if execution.mode == "ensemble" and execution.ensemble_decay < 0:
+        raise ValueError(f"ensemble_decay must be a finite number >= 0; got {execution.ensemble_decay}")
+    if execution.mode != "rtc" and delay:
+        raise ValueError(f"delay={delay} is for real-time chunking (mode 'rtc'): the simulator waits "
+                         f"for each chunk")
+    if execution.mode == "rtc":
         if chunk is None or not hasattr(policy, "model"):
-            raise ValueError("rtc needs a lingvla Policy (it samples through the model)")
-        if not 0 <= rtc_delay <= chunk - actions_per_chunk or actions_per_chunk >= chunk:
-            raise ValueError(f"rtc: the {chunk - actions_per_chunk} actions a chunk leaves unexecuted "
-                             f"(chunk {chunk} - actions_per_chunk {actions_per_chunk}) must be >= 1 and >= "
-                             f"rtc_delay ({rtc_delay})")
-    return actions_per_chunk
+            raise ValueError("mode 'rtc' needs a lingvla Policy (it samples through the model)")
+        if delay > chunk - horizon or horizon >= chunk:
+            raise ValueError(f"rtc: the {chunk - horizon} actions a chunk leaves unexecuted "
+                             f"(chunk {chunk} - execute_horizon {horizon}) must be >= 1 and >= "
+                             f"delay ({delay})")
+        if execution.rtc is None:
+            from lingvla.serve.rtc import RTCConfig
+
+            execution = replace(execution, rtc=RTCConfig())
+    return execution
 
 
 def policy_cameras(policy) -> tuple[str, ...]:
@@ -258,21 +271,23 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
         encoder.close()
 
 
-def run_episode(policy, env, seed: int, actions_per_chunk: int,
-                ensemble_decay: float | None = None, record: bool = False,
-                max_steps: int = EPISODE_STEPS, on_step=None, rtc=None,
-                rtc_delay: int = 0) -> tuple[EpisodeResult, list[np.ndarray]]:
+def run_episode(policy, env, seed: int, execution: Execution, record: bool = False,
+                max_steps: int = EPISODE_STEPS, on_step=None) -> tuple[EpisodeResult, list[np.ndarray]]:
     """One closed-loop episode; cameras are rendered only on the steps that ask for a chunk
     (every step when recording a video). Returns the result and the tiled frames if recorded.
+    `execution` must have its execute_horizon set (check_policy resolves it).
     `on_step(step, env)` is called after each environment step (step counts from 1).
-    rtc (an RTCConfig): every chunk after the first continues the previous one's unexecuted actions
-    through `policy.infer(..., prefix_actions=, prefix_delay=rtc_delay, rtc=rtc)`; the simulator
-    waits for the chunk, and its first rtc_delay actions are the ones a robot would have executed
-    meanwhile."""
+    With mode "rtc" every chunk after the first continues the previous one's unexecuted actions
+    through `policy.infer(..., prefix_actions=, prefix_delay=execution.delay, rtc=execution.rtc)`;
+    the simulator waits for the chunk, and its first `delay` actions are the ones a robot would have
+    executed meanwhile."""
     import torch
 
     from lingvla.serve.broker import ActionBroker
 
+    if execution.execute_horizon is None:
+        raise ValueError("run_episode needs the execution's execute_horizon (check_policy resolves it)")
+    covered = execution.execute_horizon + execution.delay
     torch.manual_seed(seed)  # the flow-matching noise of this episode
     if hasattr(policy, "reset"):
         policy.reset()
@@ -284,21 +299,20 @@ def run_episode(policy, env, seed: int, actions_per_chunk: int,
         if prefix_actions is None:
             out = policy.infer(observation)
         else:
-            out = policy.infer(observation, prefix_actions=prefix_actions, prefix_delay=prefix_delay, rtc=rtc)
+            out = policy.infer(observation, prefix_actions=prefix_actions, prefix_delay=prefix_delay,
+                               rtc=execution.rtc)
         timing["infer_s"] += time.perf_counter() - t0
         timing["inferences"] += 1
         chunk = check_chunk(out["actions"], f"episode seed {seed}, step {broker.tick}")
-        if len(chunk) < actions_per_chunk + rtc_delay:
+        if len(chunk) < covered:
             raise CheckpointMismatchError(f"a chunk of {len(chunk)} actions cannot cover "
-                                          f"{actions_per_chunk + rtc_delay} steps between inferences")
+                                          f"{covered} steps between inferences")
         return chunk
 
     # The path a robot runs: the broker turns chunks into one action per tick. The simulator waits
     # for each chunk (a real robot keeps moving: docs/serve.md), so with rtc the broker executes
-    # the previous chunk's next rtc_delay actions, exactly the ones the new chunk starts with.
-    mode = "ensemble" if ensemble_decay is not None else "rtc" if rtc is not None else "chunk"
-    broker = ActionBroker(source, mode=mode, execute_horizon=actions_per_chunk, delay=rtc_delay,
-                          ensemble_decay=ensemble_decay if ensemble_decay is not None else 0.0)
+    # the previous chunk's next `delay` actions, exactly the ones the new chunk starts with.
+    broker = ActionBroker(source, execution)
     obs = env.reset(seed)
     frames = [tile_cameras(obs["images"], env.cameras)] if record else []
     prompt = env.prompt
@@ -346,12 +360,10 @@ def _init_worker(checkpoint: str, task: str, image_size: int, max_steps: int, th
     _worker["env"] = make_env(task, image_size=image_size, max_steps=max_steps, cameras=cameras)
 
 
-def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | None,
-                    video: str | None, rtc=None, rtc_delay: int = 0) -> EpisodeResult:
+def _worker_episode(seed: int, execution: Execution, video: str | None) -> EpisodeResult:
     env = _worker["env"]
-    result, frames = run_episode(_worker["policy"], env, seed, actions_per_chunk, ensemble_decay,
-                                 record=video is not None, max_steps=env.max_steps, rtc=rtc,
-                                 rtc_delay=rtc_delay)
+    result, frames = run_episode(_worker["policy"], env, seed, execution, record=video is not None,
+                                 max_steps=env.max_steps)
     if video is not None:
         write_video(Path(video), frames)
     return result
@@ -360,16 +372,17 @@ def _worker_episode(seed: int, actions_per_chunk: int, ensemble_decay: float | N
 # ----------------------------------------------------------------------------- evaluate
 
 def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
-             seed: int = EVAL_SEED_START, actions_per_chunk: int | None = None,
-             ensemble_decay: float | None = None, image_size: int | None = None,
-             out: str | Path | None = None, workers: int = 1, videos: int = 3,
-             max_steps: int = EPISODE_STEPS, progress: bool = True, policy=None,
-             threads: int = 1, num_steps: int | None = None, rtc: str | None = None,
-             rtc_delay: int = 0, rtc_max_guidance: float = 5.0) -> EvalReport:
+             execution: Execution | None = None, seed: int = EVAL_SEED_START,
+             image_size: int | None = None, out: str | Path | None = None, workers: int = 1,
+             videos: int = 3, max_steps: int = EPISODE_STEPS, progress: bool = True, policy=None,
+             threads: int = 1, num_steps: int | None = None) -> EvalReport:
     """Roll out `episodes` episodes from seeds seed, seed+1, ... (all evaluation seeds).
 
     checkpoint: an inference directory (loaded with Policy.from_checkpoint); or pass `policy`
         (any object with infer(obs)) and checkpoint=None or a label.
+    execution: how chunks are executed (default: whole chunks). Its execute_horizon defaults to the
+        whole chunk, 1 for mode "ensemble" and half the chunk for "rtc" (Execution.resolve); `delay`
+        is only for "rtc" (the number of frozen steps), and ensemble_decay must be >= 0 here.
     image_size: rendered camera size. Default: the size of the images the checkpoint was trained on
         (its training datasets' camera shape, when they can be read), else the model's input size.
         A size other than the training images' is refused: the policy would see renders filtered
@@ -377,9 +390,6 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     max_steps: episode length (the task's 400 steps; shorter only for quick checks).
     num_steps: Euler denoising steps per chunk (default: the checkpoint's config; only with a
         checkpoint, not a policy object).
-    rtc: "guidance" | "inpaint" joins chunks by real-time chunking (run_episode); actions_per_chunk
-        then defaults to half the chunk and rtc_delay is the number of frozen steps;
-        rtc_max_guidance clips guidance's weight (lingvla.serve.rtc.RTCConfig).
     videos: the first `videos` successes and the first `videos` failures get an mp4 (seed order).
     workers: processes, each with its own policy and simulator (a checkpoint is needed for > 1).
     threads: torch intra-op threads per process. One is fastest for small models: at these sizes
@@ -404,19 +414,13 @@ def evaluate(checkpoint: str | Path | None, task: str, episodes: int, *,
     elif workers > 1:
         raise ValueError("workers > 1 load the policy from a checkpoint in each process; "
                          "a policy object runs with workers=1")
-    rtc_config = None
-    if rtc is not None:  # a bad method or clip fails here, before any rollout
-        from lingvla.serve.rtc import RTCConfig
-
-        rtc_config = RTCConfig(method=rtc, max_guidance=rtc_max_guidance)
-    actions_per_chunk = check_policy(policy, task, actions_per_chunk, ensemble_decay, rtc_config, rtc_delay)
+    execution = check_policy(policy, task, execution if execution is not None else Execution())
     image_size = check_image_size(policy, checkpoint, image_size)
     out_dir = Path(out) if out is not None else None
-    report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed,
-                        actions_per_chunk=actions_per_chunk, ensemble_decay=ensemble_decay,
+    report = EvalReport(task=task, checkpoint=str(checkpoint), seed=seed, execution=execution,
                         image_size=image_size, workers=max(1, workers), wall_s=0.0,
                         out=str(out_dir) if out_dir is not None else None, max_steps=max_steps,
-                        num_steps=getattr(policy, "num_steps", None), rtc=rtc_config, rtc_delay=rtc_delay)
+                        num_steps=getattr(policy, "num_steps", None))
     cameras = policy_cameras(policy)
     with torch_threads(threads), _env(task, image_size, max_steps, cameras) as env:
         preflight(policy, env, seeds[0])
@@ -498,10 +502,8 @@ def _rollouts(report: EvalReport, policy, env, seeds: list[int], out_dir: Path |
         if workers <= 1:
             for index, s in enumerate(seeds):
                 video = video_path(index)
-                result, frames = run_episode(policy, env, s, report.actions_per_chunk,
-                                             report.ensemble_decay, record=video is not None,
-                                             max_steps=report.max_steps, rtc=report.rtc,
-                                             rtc_delay=report.rtc_delay)
+                result, frames = run_episode(policy, env, s, report.execution, record=video is not None,
+                                             max_steps=report.max_steps)
                 if video is not None:
                     write_video(Path(video), frames)
                 finish(result, video)
@@ -525,8 +527,7 @@ def _rollouts_in_workers(report: EvalReport, seeds, workers, threads, video_path
     try:
         for index, s in enumerate(seeds):
             video = video_path(index)
-            pending.append((pool.submit(_worker_episode, s, report.actions_per_chunk,
-                                        report.ensemble_decay, video, report.rtc, report.rtc_delay), video))
+            pending.append((pool.submit(_worker_episode, s, report.execution, video), video))
             if len(pending) > workers:
                 future, video = pending.popleft()
                 finish(future.result(), video)

@@ -28,16 +28,18 @@ def scripted_path(env, seed: int, steps: int) -> tuple[np.ndarray, int]:
 def policy_path(env, policy, seed: int, steps: int, per_chunk: int = 50) -> tuple[np.ndarray, int]:
     """Tool points [steps, 2, 3] after each step, and the best stage, of the closed-loop rollout
     `eval-sim` runs for `seed` (evaluate.run_episode, `per_chunk` actions executed per chunk)."""
+    from lingvla.serve.broker import Execution
+
     from .evaluate import check_policy, run_episode
 
-    check_policy(policy, env.task.name, per_chunk)
+    execution = check_policy(policy, env.task.name, Execution(execute_horizon=per_chunk))
     _check_env(env, steps)
     path = np.empty((steps, 2, 3))
 
     def record(step: int, env) -> None:
         path[step - 1] = tool_points(env)
 
-    result, _ = run_episode(policy, env, seed, per_chunk, max_steps=steps, on_step=record)
+    result, _ = run_episode(policy, env, seed, execution, max_steps=steps, on_step=record)
     return path, result.max_reward
 
 
