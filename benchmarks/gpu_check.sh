@@ -5,7 +5,7 @@
 #   `bench infer --preset lingbot-4b` (eager cached / CUDA graph / CUDA graph of compiled layers /
 #   the same with the expert's weights fused, sdpa; cached flex)
 #   and `bench train --preset lingbot-4b` (bf16, compiled layers, activation checkpointing; then
-#   with LoRA and with the VLM frozen, for the memory table).
+#   with LoRA, with the VLM frozen, with 8-bit AdamW states and with CPU offload, for the memory table).
 # Each step has its own time limit and the steps run in order of importance, so a slow or broken
 # step costs only itself. Output: $OUT/gpu_check.log (everything) and $OUT/results.jsonl (the
 # benchmarks' JSON lines). Wheels for packages the machine lacks (av, a matching transformers)
@@ -50,13 +50,15 @@ step cuda_tests 300 $PY -m pytest -q tests/test_cuda.py tests/test_model_graphed
 step train_compiled 200 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 10 --warmup 4 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true
 # memory options at the same batch (peak GiB and samples/s in the JSON lines): LoRA on the VLM and
-# vision tower (expert trained fully), and both frozen
+# vision tower (expert trained fully), both frozen, 8-bit AdamW states, and CPU offload
 step train_lora 150 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 8 --warmup 3 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true \
     optim.lora_rank=16 "optim.lora_targets=[vision,vlm]"
 step train_frozen 120 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 8 --warmup 3 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true \
     optim.freeze_vision=true optim.freeze_llm=true
+step train_8bit 120 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 8 --warmup 3 --workers 6 \
+    --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true optim.states=8bit
 step train_offload 150 $LV bench train --preset $PRESET --device $DEVICE --batch $BATCH --steps 6 --warmup 2 --workers 6 \
     --set model.tokenizer=tiny parallel.compile=true parallel.activation_checkpointing=true parallel.cpu_offload=true
 step infer_flex 90 $LV bench infer --preset $PRESET --device $DEVICE --dtype bfloat16 --attn-backend flex \

@@ -293,6 +293,31 @@ def test_cpu_offload_trains_as_without_it(dataset, tmp_path):
     LingVLA.from_pretrained(tmp_path / "offload" / "export")
 
 
+def test_eight_bit_adamw_states_through_fsdp_and_a_resharded_resume(dataset, tmp_path):
+    """optim.states=8bit in training: 2 FSDP processes compute the losses of one; a checkpoint
+    written by 2 resumes on 1 (the quantized states are DTensors placed like their weights) and
+    continues the uninterrupted run."""
+    fixed = {"optim.schedule": "constant", "optim.states": "8bit", "optim.weight_decay": 0.01}
+    base = run_cli(overrides(dataset, tmp_path / "base", steps=4, save_every=100, **fixed))
+    assert base.returncode == 0, base.stderr[-3000:]
+    expected = losses(tmp_path / "base")
+    plain = run_cli(overrides(dataset, tmp_path / "plain", steps=4, save_every=100,
+                              **{**fixed, "optim.states": "fp32"}))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fp32 = losses(tmp_path / "plain")
+    assert expected[1] == pytest.approx(fp32[1], rel=1e-6)  # same start
+    assert expected[4] == pytest.approx(fp32[4], rel=0.05) and expected[4] != fp32[4]
+    first = torchrun(2, 29531, overrides(dataset, tmp_path / "two_one", steps=2, save_every=2, **fixed))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(overrides(dataset, tmp_path / "two_one", steps=4, save_every=2, **fixed))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "written by 2 processes, resharded onto 1" in second.stdout
+    got = losses(tmp_path / "two_one")
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), (step, got, expected)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     from lingvla.model.lingvla import LingVLA
     from lingvla.train.loop import NonFiniteLossError

@@ -42,6 +42,9 @@ class OptimConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["vlm"])
+    # How AdamW stores its two moment estimates: "fp32" (8 bytes per trained parameter) or "8bit"
+    # (train/adamw8bit.py: 2 bytes, blockwise-quantized; weights under 4096 values stay fp32).
+    states: str = "fp32"
 
 
 @dataclass
@@ -112,6 +115,8 @@ class TrainConfig:
         from lingvla.data.normalize import MODES
         from lingvla.model.lora import STREAMS
 
+        if self.optim.states not in ("fp32", "8bit"):
+            raise ValueError(f"optim.states={self.optim.states!r}; expected 'fp32' or '8bit'")
         if self.optim.lora_rank < 0 or (self.optim.lora_rank and set(self.optim.lora_targets) - set(STREAMS)):
             raise ValueError(f"optim.lora_rank={self.optim.lora_rank}, lora_targets={self.optim.lora_targets}; "
                              f"expected rank >= 0 and targets among {STREAMS}")

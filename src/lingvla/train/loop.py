@@ -428,9 +428,13 @@ def build(config: TrainConfig) -> Trainer:
     groups = param_groups(model, config)
     precision = resolve_precision(config.parallel, device)
     o = config.optim
-    # On CUDA the fused kernel: one launch for all parameters instead of a dozen per tensor list.
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  weight_decay=o.weight_decay, fused=device.type == "cuda" or None)
+    if o.states == "8bit":
+        from lingvla.train.adamw8bit import AdamW8bit
+
+        optimizer = AdamW8bit(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    else:  # on CUDA the fused kernel: one launch for all parameters instead of a dozen per tensor list
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                      weight_decay=o.weight_decay, fused=device.type == "cuda" or None)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     loader = make_dataloader(config.data, sample_spec(model_config, config.data),
                              batch_size=micro_global // world, norm_stats=str(norm_path), seed=config.seed,
