@@ -118,6 +118,22 @@ def test_flops_count_matches_the_papers_figures():
     assert parts["vit"] / 1e12 == pytest.approx(3.1, rel=0.06)
     assert parts["llm"] / 1e12 == pytest.approx(4.2, rel=0.06)
     assert parts["expert"] / 1e12 == pytest.approx(0.12, rel=0.2)
+    # Frozen and LoRA parts: no weight gradients, and no backward at all before the first part
+    # that trains.
+    from lingvla.train.config import OptimConfig
+    from lingvla.train.flops import forward_flops, training_modes
+
+    fwd = forward_flops(preset("lingbot-4b"))
+    frozen = train_flops_per_sample(preset("lingbot-4b"),
+                                    modes=training_modes(OptimConfig(freeze_vision=True, freeze_llm=True)))
+    assert (frozen["vit"], frozen["llm"], frozen["expert"]) == (fwd["vit"], fwd["llm"], 3 * fwd["expert"])
+    lora = train_flops_per_sample(preset("lingbot-4b"),
+                                  modes=training_modes(OptimConfig(lora_rank=16, lora_targets=["vision", "vlm"])))
+    assert (lora["vit"], lora["llm"], lora["expert"]) == (2 * fwd["vit"], 2 * fwd["llm"], 3 * fwd["expert"])
+    llm_only = training_modes(OptimConfig(freeze_llm=True))
+    assert train_flops_per_sample(preset("lingbot-4b"), modes=llm_only)["llm"] == 2 * fwd["llm"]
+    with pytest.raises(ValueError, match="part modes"):
+        train_flops_per_sample(preset("lingbot-4b"), modes={"vit": "half"})
 
 
 def test_short_run_learns_and_exports(dataset, tmp_path):

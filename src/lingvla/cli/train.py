@@ -164,7 +164,7 @@ def bench_train(args: argparse.Namespace) -> int:
 
     from lingvla.data.synthetic import write_synthetic_dataset
     from lingvla.train.config import load_train_config
-    from lingvla.train.flops import train_flops_per_sample
+    from lingvla.train.flops import train_flops_per_sample, training_modes
     from lingvla.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +183,7 @@ def bench_train(args: argparse.Namespace) -> int:
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = records[args.warmup:] or records
     step_s = np.array([r["data_s"] + r["forward_s"] + r["backward_s"] + r["optimizer_s"] for r in timed])
-    flops = train_flops_per_sample(config.model)
+    flops = train_flops_per_sample(config.model, modes=training_modes(config.optim))
     samples_per_s = config.batch_size / float(np.median(step_s))
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     out = {"bench": "train", "preset": args.preset, "device": device, "batch": config.batch_size,

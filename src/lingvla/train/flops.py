@@ -2,8 +2,11 @@
 
 Counted: every matmul of the forward pass at 2 FLOPs per multiply-add - projections and MLPs of
 the ViT (with its windowed and full attention), the LLM over the prefix, the expert over the suffix
-(attending to prefix + suffix), and the small heads - and training = 3 x forward (the backward
-pass costs two forwards). Not counted: norms, softmax, RoPE, elementwise ops. MFU = achieved
+(attending to prefix + suffix), and the small heads - and training = 3 x forward for a part whose
+weights train (the backward pass computes gradients of activations and of weights, each costing a
+forward). A frozen or LoRA-adapted part costs 2 x forward when gradients must flow through it (it
+is adapted, or a part before it trains) and 1 x when they need not (a frozen vision tower, a frozen
+LLM after it). Not counted: norms, softmax, RoPE, elementwise ops. MFU = achieved
 FLOP/s / the device's peak dense bf16 FLOP/s.
 """
 
@@ -49,7 +52,33 @@ def forward_flops(config: ModelConfig, prompt_tokens: int | None = None) -> dict
     return {"vit": vit, "llm": llm_flops, "expert": expert + heads}
 
 
-def train_flops_per_sample(config: ModelConfig, prompt_tokens: int | None = None) -> dict[str, float]:
-    parts = {k: 3 * v for k, v in forward_flops(config, prompt_tokens).items()}
+PART_MODES = ("train", "lora", "frozen")
+
+
+def train_flops_per_sample(config: ModelConfig, prompt_tokens: int | None = None,
+                           modes: dict[str, str] | None = None) -> dict[str, float]:
+    """Per part ("vit", "llm", "expert", in the order gradients flow back through) and "total".
+
+    modes: part -> "train" (default) | "lora" | "frozen" (training_modes(config) reads them off a
+    training config)."""
+    modes = modes or {}
+    unknown = {m for m in modes.values()} - set(PART_MODES)
+    if unknown:
+        raise ValueError(f"part modes must be in {PART_MODES}; got {sorted(unknown)}")
+    parts, upstream_trains = {}, False
+    for part, flops in forward_flops(config, prompt_tokens).items():
+        mode = modes.get(part, "train")
+        factor = 3 if mode == "train" else 2 if mode == "lora" or upstream_trains else 1
+        parts[part] = factor * flops
+        upstream_trains = upstream_trains or mode != "frozen"
     parts["total"] = sum(parts.values())
     return parts
+
+
+def training_modes(optim) -> dict[str, str]:
+    """Each part's mode under a training config's `optim:` section (freezing, LoRA targets)."""
+    lora = set(optim.lora_targets) if optim.lora_rank else set()
+    # freezing a stream freezes its adapters too (train.loop.apply_freezing)
+    return {"vit": "frozen" if optim.freeze_vision else "lora" if "vision" in lora else "train",
+            "llm": "frozen" if optim.freeze_llm else "lora" if "vlm" in lora else "train",
+            "expert": "lora" if "expert" in lora else "train"}
