@@ -61,3 +61,24 @@ def test_sweep_resumes_after_a_kill_and_survives_a_failing_cell(tmp_path, capsys
     assert all("image_size=57" in f["error"] for f in failures)
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+
+    # A grown grid: more demonstrations than the data holds. The data is generated again from the
+    # same seeds (its first episodes unchanged), the finished cells stand, the new cell trains on all.
+    import numpy as np
+
+    from lingvla.data.lerobot import LeRobotDataset
+
+    def first_actions():
+        ds = LeRobotDataset(tmp_path / "sweep" / "data")
+        return ds.num_episodes, np.concatenate([c["action"] for _, c in ds.iter_data_files(["action"])])
+
+    count, before = first_actions()
+    grown = {**SPEC, "demonstrations": [2, 3, 4], "variants": {"base": []}, "out": str(tmp_path / "sweep")}
+    spec.write_text(yaml.safe_dump(grown))
+    assert main(["sweep", str(spec), "--no-progress"]) == 0
+    count_after, after = first_actions()
+    assert (count, count_after) == (3, 4)
+    np.testing.assert_array_equal(after[:len(before)], before)
+    table = rows(results)
+    assert [r["cell"] for r in table] == ["base-n2-s0", "base-n3-s0", "base-n4-s0"]
+    assert table[0] == first[0] and kept.stat().st_mtime_ns == stamp

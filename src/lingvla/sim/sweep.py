@@ -17,7 +17,8 @@ and a plot of success (95% intervals) against the number of demonstrations.
     workers: 2
     depth: false                 # also store depth maps (needed by variants with depth on)
 
-The demonstrations are generated once, the largest count, from seeds 0, 1, ...; a cell with n
+The demonstrations are generated once, the largest count, from seeds 0, 1, ... (again, all of
+them, when a grown grid needs more: the seeds give the same first episodes); a cell with n
 demonstrations trains on the first n of them. Resumable: rerun the same command after a kill and
 finished cells (rows of results.csv) are kept, an interrupted training resumes from its last
 checkpoint. A cell that fails is logged to failures.jsonl and the sweep goes on with the others.
@@ -132,6 +133,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print) -> dict:
     """Run (or finish) every cell; returns {"rows": [...], "failed": [...], "csv", "plot"}."""
     from tqdm import tqdm
 
+    from lingvla.data.lerobot import LeRobotDataset
+
     from .demonstrations import generate_dataset
 
     out = Path(spec.out)
@@ -140,8 +143,12 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print) -> dict:
     results, failures = out / "results.csv", out / "failures.jsonl"
     data_dir = out / "data"
     largest = max(spec.demonstrations)
-    if not (data_dir / "meta" / "info.json").is_file():
+    have = LeRobotDataset(data_dir).num_episodes if (data_dir / "meta" / "info.json").is_file() else 0
+    if have < largest:
         cameras = demo_cameras(demo_train_config(data_dir, out / "probe", spec.image_size, spec.overrides))
+        if have:  # a grown grid: the same seeds give the same first episodes, so finished cells stand
+            log(f"demonstrations: {data_dir} holds {have}, the grid needs {largest}: generating all "
+                f"{largest} again (seeds from 0; the first {have} are the same episodes)", flush=True)
         log(f"demonstrations: {largest} {spec.task} episodes -> {data_dir}", flush=True)
         generate_dataset(data_dir, spec.task, largest, image_size=spec.image_size, cameras=cameras,
                          workers=spec.workers, progress=progress, depth=spec.depth, overwrite=True)
