@@ -124,6 +124,19 @@ def test_configuration_errors():
         ActionBroker(src, Execution(execute_horizon=2), chunk_size=4).act({"tick": 0})
 
 
+def test_an_execution_cannot_change_under_a_running_broker():
+    from dataclasses import FrozenInstanceError
+
+    from lingvla.serve.rtc import RTCConfig
+
+    execution = Execution("rtc", execute_horizon=10, delay=2, rtc=RTCConfig("guidance"))
+    with pytest.raises(FrozenInstanceError):
+        execution.delay = 0
+    with pytest.raises(FrozenInstanceError):
+        execution.rtc.max_guidance = 1.0
+    assert hash(execution) == hash(Execution("rtc", execute_horizon=10, delay=2, rtc=RTCConfig("guidance")))
+
+
 @pytest.mark.parametrize("fields,named", [
     ({"delay": -1}, r"^delay must be in \[0, execute_horizon\].*got delay=-1"),
     ({"execute_horizon": 0}, r"^execute_horizon must be >= 1; got 0"),

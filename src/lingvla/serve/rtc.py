@@ -46,7 +46,7 @@ METHODS = ("guidance", "inpaint")
 SCHEDULES = ("exp", "linear", "hard")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RTCConfig:
     method: str = "inpaint"  # "inpaint" (no gradients) or "guidance" (PiGDM, the paper's; module doc)
     max_guidance: float = 5.0  # beta clip of the guidance weight (the paper uses 5)
