@@ -78,6 +78,19 @@ def test_stats_equal_numpy_on_columns(parquet_dataset):
     assert stats["state"]["names"][6] == "left_gripper"
 
 
+def test_stats_of_selected_episodes_skip_files_holding_none_of_them(parquet_dataset):
+    """Episodes 0 and 2 of four, several files: files with neither are skipped (they used to fail
+    on their empty selection), and the figures are those of the two episodes alone."""
+    stats = compute_norm_stats([{"path": parquet_dataset, "episodes": [0, 2]}], "aloha", num_bins=1 << 16)
+    x = np.concatenate([_columns(n, e)["action"] for e, n in ((0, 700), (2, 400))]).astype(np.float64)
+    assert stats["action"]["count"] == 1100
+    np.testing.assert_allclose(stats["action"]["mean"], x.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(stats["action"]["max"], x.max(0))
+    empty = RunningStats()
+    empty.update(np.zeros((0, 14)))
+    assert empty.count == 0
+
+
 def test_stats_cli_writes_and_merges(parquet_dataset, tmp_path, capsys):
     out = tmp_path / "norm_stats.json"
     assert main(["stats", str(parquet_dataset), "--out", str(out)]) == 0  # embodiment from robot_type

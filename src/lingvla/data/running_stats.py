@@ -25,10 +25,10 @@ class RunningStats:
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
-        x = x.reshape(len(x), -1)
         n = len(x)
-        if n == 0:
+        if n == 0:  # e.g. a data file none of whose episodes are selected
             return
+        x = x.reshape(n, -1)
         mean = x.mean(0)
         m2 = ((x - mean) ** 2).sum(0)
         if self.count == 0:

@@ -66,6 +66,8 @@ def compute_norm_stats(datasets, embodiment, *, registry=None, num_bins: int = D
             for path, columns in source.iter_data_files(emb.columns()):
                 if selection is not None:
                     rows = np.isin(columns["episode_index"].reshape(-1), list(selection))
+                    if not rows.any():  # a file holding none of the selected episodes
+                        continue
                     columns = {k: v[rows] for k, v in columns.items()}
                 batch = {}
                 for key in ("state", "action"):
