@@ -82,3 +82,33 @@ def test_sweep_resumes_after_a_kill_and_survives_a_failing_cell(tmp_path, capsys
     table = rows(results)
     assert [r["cell"] for r in table] == ["base-n2-s0", "base-n3-s0", "base-n4-s0"]
     assert table[0] == first[0] and kept.stat().st_mtime_ns == stamp
+
+
+def test_jobs_share_a_grid_and_leave_a_held_cell_to_its_holder(tmp_path):
+    """Two jobs run a four-cell grid, each cell once; a cell another process holds is not run but
+    reported, and is run by the next sweep once its holder lets go."""
+    from lingvla.sim.sweep import cell_lock, file_lock
+
+    out = tmp_path / "sweep"
+    grid = {**SPEC, "demonstrations": [2, 3], "train_seeds": [0, 1], "variants": {"base": []}, "out": str(out)}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(grid))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lingvla.cli", "sweep", str(spec), "--no-progress"]
+    with file_lock(cell_lock(out, "base-n3-s1")) as held:
+        assert held
+        run = subprocess.run([*cmd, "--jobs", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["running_elsewhere"] == ["base-n3-s1"] and summary["failed"] == [] and summary["cells"] == 3
+    table = rows(out / "results.csv")
+    assert sorted(r["cell"] for r in table) == ["base-n2-s0", "base-n2-s1", "base-n3-s0"]  # each once
+    by_parent = {json.loads(line)["cell"] for line in run.stdout.splitlines() if line.startswith('{"cell"')}
+    job_log = (out / "jobs" / "job-1.log").read_text()
+    by_job = {json.loads(line)["cell"] for line in job_log.splitlines() if line.startswith('{"cell"')}
+    assert by_job and by_parent and not by_job & by_parent  # both ran cells, none twice
+
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # the holder let go
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["running_elsewhere"] == []
+    assert [r["cell"] for r in rows(out / "results.csv")][3:] == ["base-n3-s1"]

@@ -114,6 +114,8 @@ def add_commands(commands, bench) -> None:
                     "95%% intervals. Rerun after a kill to finish: finished cells are kept.")
     sweep.add_argument("spec", metavar="SPEC.yaml")
     sweep.add_argument("--out", default=None, help="output directory (default: the spec's out)")
+    sweep.add_argument("--jobs", type=int, default=1,
+                       help="cells run at once, each in its own process with cores/jobs threads (default 1)")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.set_defaults(func=_sweep)
 
@@ -240,10 +242,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
     try:
         spec = SweepSpec.load(args.spec, out=args.out)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs}: give 1 or more")
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", flush=True)
         return 2
-    result = run_sweep(spec, progress=not args.no_progress)
-    print(json.dumps({"cells": len(result["rows"]), "failed": result["failed"], "csv": result["csv"],
+    result = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs)
+    print(json.dumps({"cells": len(result["rows"]), "failed": result["failed"],
+                      "running_elsewhere": result["running_elsewhere"], "csv": result["csv"],
                       "plot": result["plot"]}), flush=True)
     return 1 if result["failed"] else 0

@@ -22,12 +22,22 @@ them, when a grown grid needs more: the seeds give the same first episodes); a c
 demonstrations trains on the first n of them. Resumable: rerun the same command after a kill and
 finished cells (rows of results.csv) are kept, an interrupted training resumes from its last
 checkpoint. A cell that fails is logged to failures.jsonl and the sweep goes on with the others.
+
+Several processes can work through one grid at once (`lingvla sweep SPEC --jobs N`, or the same
+command started N times on the same out/): each takes the next cell nobody holds. A process holds
+its cell by a lock on cells/<cell>/.lock that the system drops when the process dies, so a killed
+job's cell is taken up again by the next run; the data is generated once, under out/.data.lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
+import os
+import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -94,14 +104,47 @@ def finished_cells(path: Path) -> dict[str, dict]:
         return {row["cell"]: row for row in csv.DictReader(f)}
 
 
+@contextlib.contextmanager
+def file_lock(path: Path, wait: bool = True):
+    """An exclusive lock on `path` (created if missing) for the block; yields whether it was taken
+    (always, when `wait`). The system releases it when the holder dies, however it dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def append_row(path: Path, row: dict) -> None:
-    new = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-        f.flush()
+    with file_lock(path.with_name(path.name + ".lock")):  # one header, whole rows, across jobs
+        new = not path.is_file() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            f.flush()
+
+
+def cell_lock(out: Path, cell: str) -> Path:
+    return out / "cells" / cell / ".lock"
+
+
+def held_elsewhere(out: Path, cells: list[str]) -> list[str]:
+    """The cells another process is running now (their lock is held)."""
+    busy = []
+    for cell in cells:
+        if cell_lock(out, cell).is_file():
+            with file_lock(cell_lock(out, cell), wait=False) as free:
+                if not free:
+                    busy.append(cell)
+    return busy
 
 
 def run_cell(spec: SweepSpec, cell: dict, data_dir: Path, window_stop, out: Path, progress: bool) -> dict:
@@ -129,57 +172,104 @@ def run_cell(spec: SweepSpec, cell: dict, data_dir: Path, window_stop, out: Path
             "eval_seeds": f"{spec.eval_seed}-{spec.eval_seed + s['episodes'] - 1}"}
 
 
-def run_sweep(spec: SweepSpec, progress: bool = True, log=print) -> dict:
-    """Run (or finish) every cell; returns {"rows": [...], "failed": [...], "csv", "plot"}."""
+def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) -> dict:
+    """Run (or finish) every cell, in `jobs` processes; returns {"rows": [...], "failed": [...],
+    "running_elsewhere": [...], "csv", "plot"}. Cells another process holds are left to it."""
     from tqdm import tqdm
 
     from lingvla.data.lerobot import LeRobotDataset
 
     from .demonstrations import generate_dataset
 
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: give 1 or more")
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
+    record = out / f".sweep.yaml.{os.getpid()}"
+    record.write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
+    record.replace(out / "sweep.yaml")  # whole, even with several jobs writing it
     results, failures = out / "results.csv", out / "failures.jsonl"
     data_dir = out / "data"
     largest = max(spec.demonstrations)
-    have = LeRobotDataset(data_dir).num_episodes if (data_dir / "meta" / "info.json").is_file() else 0
-    if have < largest:
-        cameras = demo_cameras(demo_train_config(data_dir, out / "probe", spec.image_size, spec.overrides))
-        if have:  # a grown grid: the same seeds give the same first episodes, so finished cells stand
-            log(f"demonstrations: {data_dir} holds {have}, the grid needs {largest}: generating all "
-                f"{largest} again (seeds from 0; the first {have} are the same episodes)", flush=True)
-        log(f"demonstrations: {largest} {spec.task} episodes -> {data_dir}", flush=True)
-        generate_dataset(data_dir, spec.task, largest, image_size=spec.image_size, cameras=cameras,
-                         workers=spec.workers, progress=progress, depth=spec.depth, overwrite=True)
+    with file_lock(out / ".data.lock"):  # one job generates, the others wait for it
+        have = LeRobotDataset(data_dir).num_episodes if (data_dir / "meta" / "info.json").is_file() else 0
+        if have < largest:
+            cameras = demo_cameras(demo_train_config(data_dir, out / "probe", spec.image_size, spec.overrides))
+            if have:  # a grown grid: the same seeds give the same first episodes, so finished cells stand
+                log(f"demonstrations: {data_dir} holds {have}, the grid needs {largest}: generating all "
+                    f"{largest} again (seeds from 0; the first {have} are the same episodes)", flush=True)
+            log(f"demonstrations: {largest} {spec.task} episodes -> {data_dir}", flush=True)
+            generate_dataset(data_dir, spec.task, largest, image_size=spec.image_size, cameras=cameras,
+                             workers=spec.workers, progress=progress, depth=spec.depth, overwrite=True)
     window_stop = window_stop_from_dataset(data_dir)
-    done = finished_cells(results)
     cells = spec.cells()
+    names = [c["cell"] for c in cells]
+    children = _start_jobs(out, jobs, log) if jobs > 1 else []
     failed = []
-    bar = tqdm(cells, desc="sweep", disable=not progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix(cell=cell["cell"])
-        if cell["cell"] in done:
+    bar = tqdm(total=len(cells), desc="sweep", disable=not progress, dynamic_ncols=True)
+
+    def show(current: str | None = None) -> None:
+        bar.n = sum(name in finished_cells(results) for name in names)
+        bar.set_postfix(cell=current, refresh=True)
+
+    for cell in cells:
+        if cell["cell"] in finished_cells(results):
             continue
-        try:
-            row = run_cell(spec, cell, data_dir, window_stop, out, progress=False)
-        except Exception as err:  # one cell's failure must not cost the others
-            failed.append(cell["cell"])
-            with open(failures, "a") as f:
-                f.write(json.dumps({"cell": cell["cell"], "error": f"{type(err).__name__}: {err}",
-                                    "traceback": traceback.format_exc()[-4000:]}) + "\n")
-            log(f"cell {cell['cell']} failed: {type(err).__name__}: {err} (failures.jsonl); going on", flush=True)
-            continue
-        append_row(results, row)
-        done[cell["cell"]] = row
+        with file_lock(cell_lock(out, cell["cell"]), wait=False) as mine:
+            if not mine or cell["cell"] in finished_cells(results):  # another job has it, or just did it
+                continue
+            show(cell["cell"])
+            try:
+                row = run_cell(spec, cell, data_dir, window_stop, out, progress=False)
+            except Exception as err:  # one cell's failure must not cost the others
+                failed.append(cell["cell"])
+                with open(failures, "a") as f:
+                    f.write(json.dumps({"cell": cell["cell"], "error": f"{type(err).__name__}: {err}",
+                                        "traceback": traceback.format_exc()[-4000:]}) + "\n")
+                log(f"cell {cell['cell']} failed: {type(err).__name__}: {err} (failures.jsonl); going on", flush=True)
+                continue
+            append_row(results, row)
         log(json.dumps(row), flush=True)
+    while any(child.poll() is None for child, _ in children):
+        show()
+        time.sleep(1.0)
+    for child, job_log in children:
+        if child.returncode not in (0, 1):  # 1: some of its cells failed, named below
+            log(f"sweep job {child.args} ended with code {child.returncode} ({job_log})", flush=True)
+    show()
     bar.close()
-    rows = [done[c["cell"]] for c in cells if c["cell"] in done]
+    done = finished_cells(results)
+    busy = held_elsewhere(out, [n for n in names if n not in done])
+    failed = [n for n in names if n not in done and n not in busy]
+    rows = [done[n] for n in names if n in done]
     plot = out / "sweep.png"
     if rows:
         plot_sweep(rows, plot, f"{spec.task}: success against demonstrations ({spec.steps} steps, "
                                f"{spec.eval_episodes} episodes per cell)")
-    return {"rows": rows, "failed": failed, "csv": str(results), "plot": str(plot) if rows else None}
+    return {"rows": rows, "failed": failed, "running_elsewhere": busy, "csv": str(results),
+            "plot": str(plot) if rows else None}
+
+
+def _start_jobs(out: Path, jobs: int, log) -> list[tuple[subprocess.Popen, Path]]:
+    """jobs - 1 more processes on the same grid (this one is the first), the cores split evenly
+    between them unless OMP_NUM_THREADS says otherwise; each logs to out/jobs/job-K.log."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))
+    os.environ["OMP_NUM_THREADS"] = threads  # the trainer then keeps torch's count as set here
+    torch.set_num_threads(int(threads))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    (out / "jobs").mkdir(exist_ok=True)
+    children = []
+    for k in range(1, jobs):
+        job_log = out / "jobs" / f"job-{k}.log"
+        with open(job_log, "w") as f:
+            cmd = [sys.executable, "-m", "lingvla.cli", "sweep", str(out / "sweep.yaml"), "--out", str(out),
+                   "--no-progress"]
+            children.append((subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), job_log))
+    log(f"sweep: {jobs} jobs of {threads} thread(s) each; the others log to {out / 'jobs'}", flush=True)
+    return children
 
 
 def pooled(rows: list[dict]) -> dict[tuple[str, int], tuple[int, int]]:
