@@ -323,3 +323,40 @@ def test_check_policy_resolves_the_execution(checkpoint):
         Execution("rtc", execute_horizon=chunk // 2, delay=2, rtc=RTCConfig())
     with pytest.raises(ValueError, match="execute_horizon must be given"):
         check(HoldStill(), "transfer_cube", Execution())
+
+
+def test_mcnemar_exact_and_paired_successes(tmp_path, capsys):
+    """The p-value agrees with the two-sided binomial test done from its definition (sum the
+    probabilities of every split no more likely than the one seen), and episodes pair by seed."""
+    import json
+    import math
+
+    from lingvla.cli import main
+    from lingvla.sim.evaluate import mcnemar_exact, paired_successes
+
+    def by_definition(b, c):
+        n = b + c
+        prob = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
+        return min(1.0, sum(q for q in prob if q <= prob[b] * (1 + 1e-12)))
+
+    for b, c in [(15, 18), (0, 5), (30, 9), (7, 7), (1, 0), (40, 12)]:
+        assert mcnemar_exact(b, c) == pytest.approx(by_definition(b, c), rel=1e-12)
+        assert mcnemar_exact(b, c) == mcnemar_exact(c, b)
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+
+    a = {900000: True, 900001: True, 900002: False, 900003: False, 900004: True}
+    b = {900001: False, 900002: True, 900003: False, 900004: True, 900005: True}
+    result = paired_successes(a, b)  # seeds 900001-900004 are shared
+    assert result == {"pairs": 4, "successes_a": 2, "successes_b": 2, "only_a": 1, "only_b": 1, "p": 1.0}
+    with pytest.raises(ValueError, match="share no seed"):
+        paired_successes({1: True}, {2: True})
+
+    for name, episodes in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"summary": {}, "episodes": [{"seed": s, "success": v} for s, v in episodes.items()]}))
+    assert main(["eval-compare", str(tmp_path / "a"), str(tmp_path / "b" / "results.json")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip())
+    assert printed["only_a"] == 1 and printed["pairs"] == 4
+    assert main(["eval-compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "no evaluation report" in capsys.readouterr().err

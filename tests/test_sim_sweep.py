@@ -112,3 +112,47 @@ def test_jobs_share_a_grid_and_leave_a_held_cell_to_its_holder(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["running_elsewhere"] == []
     assert [r["cell"] for r in rows(out / "results.csv")][3:] == ["base-n3-s1"]
+
+    # comparisons.csv: 2 against 3 demonstrations, per training seed and pooled, episode by episode
+    def successes(cell):
+        report = json.loads((out / "cells" / cell / "eval" / "results.json").read_text())
+        return [e["success"] for e in report["episodes"]]
+
+    comparisons = rows(out / "comparisons.csv")
+    assert [(c["a"], c["b"], c["train_seeds"]) for c in comparisons] == [
+        ("base-n2", "base-n3", "0"), ("base-n2", "base-n3", "1"), ("base-n2", "base-n3", "0 1")]
+    for c, seeds in zip(comparisons, ([0], [1], [0, 1])):
+        a = sum((successes(f"base-n2-s{s}") for s in seeds), [])
+        b = sum((successes(f"base-n3-s{s}") for s in seeds), [])
+        assert int(c["pairs"]) == len(a) == 2 * len(seeds)
+        assert (int(c["only_a"]), int(c["only_b"])) == (sum(x and not y for x, y in zip(a, b)),
+                                                        sum(y and not x for x, y in zip(a, b)))
+        assert 0 < float(c["p"]) <= 1
+
+
+def test_comparisons_pair_variants_and_sizes_on_shared_seeds(tmp_path):
+    """compare_cells on written reports: each variant against the first at the same size, the first
+    variant's consecutive sizes, per training seed and pooled; sizes a variant lacks are skipped."""
+    from lingvla.sim.sweep import compare_cells
+
+    rng = __import__("random").Random(0)
+    outcome, table = {}, []
+    for variant, sizes in (("base", (10, 50, 200)), ("depth", (50,))):
+        for n in sizes:
+            for seed in (0, 1):
+                cell = f"{variant}-n{n}-s{seed}"
+                outcome[cell] = {900000 + i: rng.random() < n / 250 for i in range(20)}
+                (tmp_path / "cells" / cell / "eval").mkdir(parents=True)
+                (tmp_path / "cells" / cell / "eval" / "results.json").write_text(json.dumps(
+                    {"episodes": [{"seed": s, "success": v} for s, v in outcome[cell].items()]}))
+                table.append({"cell": cell, "variant": variant, "demonstrations": str(n), "train_seed": str(seed)})
+    found = compare_cells(tmp_path, table)
+    assert [(c["a"], c["b"], c["train_seeds"]) for c in found] == [
+        ("base-n50", "depth-n50", "0"), ("base-n50", "depth-n50", "1"), ("base-n50", "depth-n50", "0 1"),
+        ("base-n10", "base-n50", "0"), ("base-n10", "base-n50", "1"), ("base-n10", "base-n50", "0 1"),
+        ("base-n50", "base-n200", "0"), ("base-n50", "base-n200", "1"), ("base-n50", "base-n200", "0 1")]
+    pooled = found[2]
+    a = [*outcome["base-n50-s0"].values(), *outcome["base-n50-s1"].values()]
+    b = [*outcome["depth-n50-s0"].values(), *outcome["depth-n50-s1"].values()]
+    assert pooled["pairs"] == 40 and pooled["successes_a"] == sum(a) and pooled["successes_b"] == sum(b)
+    assert pooled["only_a"] == sum(x and not y for x, y in zip(a, b))

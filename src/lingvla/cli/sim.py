@@ -79,6 +79,15 @@ def add_commands(commands, bench) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval_sim)
 
+    compare = commands.add_parser(
+        "eval-compare", help="two evaluations of the same seeds, episode by episode (exact McNemar test)",
+        description="Pair two eval-sim reports on the seeds both ran: how many episodes succeeded with "
+                    "both, only A, only B, and the two-sided exact McNemar p-value of the only-A : only-B "
+                    "split. Prints one JSON line.")
+    compare.add_argument("a", help="report A: an eval-sim output directory or its results.json")
+    compare.add_argument("b", help="report B")
+    compare.set_defaults(func=_eval_compare)
+
     demo = commands.add_parser(
         "demo", help="the main job: scripted ALOHA demos -> dataset -> train -> closed-loop eval -> report",
         description="The embedded default end to end on a CPU: scripted transfer-cube demonstrations "
@@ -232,6 +241,21 @@ def _bench_sim(args: argparse.Namespace) -> int:
                           "image_size": size or None, "depth": bool(args.depth and size),
                           "steps": steps, "steps_per_s": round(steps / seconds, 1),
                           "ms_per_step": round(1000 * seconds / steps, 2)}), flush=True)
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from lingvla.sim.evaluate import load_episode_successes, paired_successes
+
+    try:
+        result = paired_successes(load_episode_successes(args.a), load_episode_successes(args.b))
+    except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps({"a": args.a, "b": args.b, **result}), flush=True)
     return 0
 
 

@@ -126,6 +126,40 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: of the pairs where exactly one side succeeded, is the split
+    `only_a` : `only_b` plausible under a fair coin (both sides equally good)? 1.0 with no such pairs."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_successes(a: dict, b: dict) -> dict:
+    """Two evaluations of the same seeds (seed, or any episode key -> success), episode by episode: the counts of each
+    outcome on the seeds both ran and the exact McNemar p-value. Refuses evaluations with no common seed."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("the two evaluations share no seed; a paired comparison needs the same seeds")
+    only_a = sum(a[s] and not b[s] for s in seeds)
+    only_b = sum(b[s] and not a[s] for s in seeds)
+    return {"pairs": len(seeds), "successes_a": sum(a[s] for s in seeds), "successes_b": sum(b[s] for s in seeds),
+            "only_a": only_a, "only_b": only_b, "p": round(mcnemar_exact(only_a, only_b), 4)}
+
+
+def load_episode_successes(path: str | Path) -> dict[int, bool]:
+    """seed -> success from an evaluation report (its results.json, or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation report at {path} (eval-sim writes OUT/results.json)")
+    episodes = json.loads(path.read_text()).get("episodes")
+    if not isinstance(episodes, list):
+        raise ValueError(f"{path} has no 'episodes' list; is it an eval-sim results.json?")
+    return {int(e["seed"]): bool(e["success"]) for e in episodes}
+
+
 # ------------------------------------------------------------------------------ checks
 
 def check_policy(policy, task: str, execution: Execution) -> Execution:

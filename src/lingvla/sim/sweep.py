@@ -23,6 +23,11 @@ demonstrations trains on the first n of them. Resumable: rerun the same command 
 finished cells (rows of results.csv) are kept, an interrupted training resumes from its last
 checkpoint. A cell that fails is logged to failures.jsonl and the sweep goes on with the others.
 
+comparisons.csv pairs finished cells episode by episode (every cell is evaluated on the same seeds):
+each variant against the first at the same number of demonstrations, and each number of
+demonstrations against the next smaller one, with the exact McNemar p-value, per training seed and
+pooled over seeds.
+
 Several processes can work through one grid at once (`lingvla sweep SPEC --jobs N`, or the same
 command started N times on the same out/): each takes the next cell nobody holds. A process holds
 its cell by a lock on cells/<cell>/.lock that the system drops when the process dies, so a killed
@@ -47,6 +52,7 @@ import yaml
 
 from .demo import DEMO_RECIPE, DEMO_TASK, demo_cameras, demo_train_config, window_stop_from_dataset
 
+COMPARISON_FIELDS = ("a", "b", "train_seeds", "pairs", "successes_a", "successes_b", "only_a", "only_b", "p")
 CSV_FIELDS = ("cell", "variant", "demonstrations", "train_seed", "steps", "successes", "episodes",
               "success_rate", "ci_low", "ci_high", "progress", "final_loss", "train_min", "eval_seeds")
 
@@ -246,8 +252,50 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     if rows:
         plot_sweep(rows, plot, f"{spec.task}: success against demonstrations ({spec.steps} steps, "
                                f"{spec.eval_episodes} episodes per cell)")
+        write_comparisons(out / "comparisons.csv", compare_cells(out, rows))
     return {"rows": rows, "failed": failed, "running_elsewhere": busy, "csv": str(results),
             "plot": str(plot) if rows else None}
+
+
+def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
+    """Paired comparisons of finished cells, episode by episode on their shared evaluation seeds
+    (exact McNemar): each variant against the first one at the same number of demonstrations, and
+    the first variant's consecutive numbers of demonstrations; for each training seed and pooled
+    over the seeds both sides have (a pair is a training seed's policy on one evaluation seed)."""
+    from .evaluate import load_episode_successes, paired_successes
+
+    cells = {(r["variant"], int(r["demonstrations"]), int(r["train_seed"])): r["cell"] for r in rows}
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    sizes = sorted({int(r["demonstrations"]) for r in rows})
+    pairs = [((variants[0], n), (v, n)) for v in variants[1:] for n in sizes]
+    first = [n for n in sizes if any(k[:2] == (variants[0], n) for k in cells)]
+    pairs += [((variants[0], m), (variants[0], n)) for m, n in zip(first, first[1:])]
+    found = []
+    for a, b in pairs:
+        seeds = sorted(s for (v, n, s) in cells if (v, n) == a and (*b, s) in cells)
+        if not seeds:
+            continue
+        name = lambda side: f"{side[0]}-n{side[1]}"  # noqa: E731
+        pooled_a, pooled_b = {}, {}
+        for seed in seeds:
+            ea = load_episode_successes(out / "cells" / cells[(*a, seed)] / "eval")
+            eb = load_episode_successes(out / "cells" / cells[(*b, seed)] / "eval")
+            found.append({"a": name(a), "b": name(b), "train_seeds": str(seed), **paired_successes(ea, eb)})
+            pooled_a.update({(seed, k): v for k, v in ea.items()})
+            pooled_b.update({(seed, k): v for k, v in eb.items()})
+        if len(seeds) > 1:
+            found.append({"a": name(a), "b": name(b), "train_seeds": " ".join(map(str, seeds)),
+                          **paired_successes(pooled_a, pooled_b)})
+    return found
+
+
+def write_comparisons(path: Path, comparisons: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COMPARISON_FIELDS)
+        writer.writeheader()
+        writer.writerows(comparisons)
+    tmp.replace(path)
 
 
 def _start_jobs(out: Path, jobs: int, log) -> list[tuple[subprocess.Popen, Path]]:
