@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from lingvla.cli import main
@@ -156,3 +157,26 @@ def test_comparisons_pair_variants_and_sizes_on_shared_seeds(tmp_path):
     b = [*outcome["depth-n50-s0"].values(), *outcome["depth-n50-s1"].values()]
     assert pooled["pairs"] == 40 and pooled["successes_a"] == sum(a) and pooled["successes_b"] == sum(b)
     assert pooled["only_a"] == sum(x and not y for x, y in zip(a, b))
+
+
+def test_success_trend_counts_runs_and_tells_a_slope_from_seed_noise():
+    """The slope per doubling is the least-squares one over runs; a clean rise is significant, the
+    same rates shuffled between sizes are not; trends() also fits from each larger size up."""
+    import numpy as np
+
+    from lingvla.sim.sweep import success_trend, trends
+
+    sizes = [10, 10, 20, 20, 40, 40, 80, 80, 160, 160]
+    rising = [0.10, 0.14, 0.28, 0.31, 0.45, 0.52, 0.66, 0.70, 0.85, 0.88]
+    rows = [{"variant": "base", "demonstrations": n, "success_rate": r} for n, r in zip(sizes, rising)]
+    fit = success_trend(rows)
+    assert fit["runs"] == 10
+    assert fit["slope_per_doubling"] == pytest.approx(np.polyfit(np.log2(sizes), rising, 1)[0], abs=1e-4)
+    assert fit["p"] < 0.01
+    flat = [0.5, 0.2, 0.6, 0.3, 0.4, 0.5, 0.3, 0.6, 0.2, 0.4]  # the seed noise of a flat curve
+    assert success_trend([{**r, "success_rate": v} for r, v in zip(rows, flat)])["p"] > 0.2
+    found = trends(rows)
+    assert [(t["from_demonstrations"], t["sizes"], t["runs"]) for t in found] == [
+        (10, "10 20 40 80 160", 10), (20, "20 40 80 160", 8), (40, "40 80 160", 6)]
+    with pytest.raises(ValueError, match="two sizes"):
+        success_trend(rows[:2])

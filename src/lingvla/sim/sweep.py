@@ -26,7 +26,9 @@ checkpoint. A cell that fails is logged to failures.jsonl and the sweep goes on 
 comparisons.csv pairs finished cells episode by episode (every cell is evaluated on the same seeds):
 each variant against the first at the same number of demonstrations, and each number of
 demonstrations against the next smaller one, with the exact McNemar p-value, per training seed and
-pooled over seeds.
+pooled over seeds. trend.csv fits success against log2(demonstrations) with each training run as
+one point (the spread between training seeds is part of the noise), over all sizes and from each
+larger size up, with a permutation p-value.
 
 Several processes can work through one grid at once (`lingvla sweep SPEC --jobs N`, or the same
 command started N times on the same out/): each takes the next cell nobody holds. A process holds
@@ -52,6 +54,7 @@ import yaml
 
 from .demo import DEMO_RECIPE, DEMO_TASK, demo_cameras, demo_train_config, window_stop_from_dataset
 
+TREND_FIELDS = ("variant", "from_demonstrations", "sizes", "runs", "slope_per_doubling", "p")
 COMPARISON_FIELDS = ("a", "b", "train_seeds", "pairs", "successes_a", "successes_b", "only_a", "only_b", "p")
 CSV_FIELDS = ("cell", "variant", "demonstrations", "train_seed", "steps", "successes", "episodes",
               "success_rate", "ci_low", "ci_high", "progress", "final_loss", "train_min", "eval_seeds")
@@ -253,6 +256,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
         plot_sweep(rows, plot, f"{spec.task}: success against demonstrations ({spec.steps} steps, "
                                f"{spec.eval_episodes} episodes per cell)")
         write_comparisons(out / "comparisons.csv", compare_cells(out, rows))
+        write_comparisons(out / "trend.csv", trends(rows), TREND_FIELDS)
     return {"rows": rows, "failed": failed, "running_elsewhere": busy, "csv": str(results),
             "plot": str(plot) if rows else None}
 
@@ -289,10 +293,46 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
     return found
 
 
-def write_comparisons(path: Path, comparisons: list[dict]) -> None:
+def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -> dict:
+    """Least-squares slope of success rate against log2(demonstrations) over training runs (one
+    point per cell: a run, not an episode, is the unit, so the spread between training seeds counts),
+    in success rate per doubling, and its two-sided permutation p-value (sizes shuffled across runs)."""
+    import numpy as np
+
+    x = np.log2([float(r["demonstrations"]) for r in rows])
+    y = np.array([float(r["success_rate"]) for r in rows])
+    if len(set(x.tolist())) < 2:
+        raise ValueError("a trend needs cells of at least two sizes")
+    xc = x - x.mean()
+
+    def slope(values):
+        return float((xc * (values - values.mean())).sum() / (xc * xc).sum())
+
+    seen = slope(y)
+    rng = np.random.default_rng(seed)
+    extreme = sum(abs(slope(rng.permutation(y))) >= abs(seen) - 1e-12 for _ in range(permutations))
+    return {"runs": len(rows), "slope_per_doubling": round(seen, 4), "p": round((extreme + 1) / (permutations + 1), 4)}
+
+
+def trends(rows: list[dict]) -> list[dict]:
+    """success_trend per variant over all its sizes, then from each larger size up while three or
+    more sizes remain (does success still rise past N demonstrations?)."""
+    found = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        sizes = sorted({int(r["demonstrations"]) for r in mine})
+        for start in sizes[:max(1, len(sizes) - 2)] if len(sizes) >= 2 else []:
+            part = [r for r in mine if int(r["demonstrations"]) >= start]
+            kept = sorted({int(r["demonstrations"]) for r in part})
+            found.append({"variant": variant, "from_demonstrations": start, "sizes": " ".join(map(str, kept)),
+                          **success_trend(part)})
+    return found
+
+
+def write_comparisons(path: Path, comparisons: list[dict], fields: tuple[str, ...] = COMPARISON_FIELDS) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COMPARISON_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(comparisons)
     tmp.replace(path)
