@@ -126,6 +126,31 @@ def test_v3_many_files_and_av1(tmp_path):
     assert np.abs(frame["observation.images.top"].astype(int) - src["observation.images.top"][44]).mean() < 5
 
 
+def test_data_files_are_held_by_size_not_count(tmp_path, monkeypatch):
+    """Random frames over many small data files read each file from disk once while they fit the
+    byte budget; a budget smaller than one file keeps only the last file read."""
+    w = LeRobotDatasetWriter(tmp_path / "ds", fps=50, robot_type="aloha", data_files_size_in_mb=1e-6,
+                             features={k: FEATURES[k] for k in ("observation.state", "action")})
+    for e in range(8):
+        w.add_episode(task="t", frames={k: _episode(e, 20)[k] for k in ("observation.state", "action")})
+    root = w.finalize()
+    assert len(list((root / "data/chunk-000").glob("file-*.parquet"))) == 8
+    reads = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, **k: (reads.append(path) if "/data/" in str(path) else None)
+                        or real(path, **k))
+    order = np.random.default_rng(0).permutation(np.tile(np.arange(8), 6))
+    ds = LeRobotDataset(root)
+    for ep in order:
+        np.testing.assert_array_equal(ds.episode_data(int(ep))["action"], _episode(int(ep), 20)["action"])
+    assert len(reads) == 8  # more than the old limit of 4 files, each read once
+    reads.clear()
+    small = LeRobotDataset(root, data_cache_mb=1e-6)
+    for ep in order:
+        small.episode_data(int(ep))
+    assert len(reads) == 1 + sum(a != b for a, b in zip(order[1:], order[:-1])) and len(small._files) == 1
+
+
 def test_v21_write_read_and_convert(tmp_path, v3_root):
     root = _write(tmp_path / "v21", version="v2.1")
     assert (root / "data/chunk-000/episode_000001.parquet").exists()

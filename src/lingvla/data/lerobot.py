@@ -127,10 +127,11 @@ class LeRobotDataset:
     episodes [Episode] ordered by episode_index, num_frames, video_keys, image_keys.
     Frames are addressed by position 0..num_frames-1 in episode order, or by (episode position,
     frame in episode). Data files are loaded (all columns, or ``columns`` and the index columns)
-    and kept in a small LRU; video containers too.
+    and kept in an LRU of at most ``data_cache_mb`` MiB (always the last file read); video containers
+    in a small LRU.
     """
 
-    def __init__(self, root: str | Path, *, columns: list[str] | None = None, data_cache_size: int = 4,
+    def __init__(self, root: str | Path, *, columns: list[str] | None = None, data_cache_mb: float = 512,
                  video_cache_size: int = 12):
         self.root = Path(root)
         self.columns = None if columns is None else list(dict.fromkeys([*columns, *INDEX_FEATURES]))
@@ -157,7 +158,7 @@ class LeRobotDataset:
         lengths = np.array([e.length for e in self.episodes], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self.num_frames = int(self._starts[-1])
-        self.data_cache_size = data_cache_size
+        self.data_cache_mb = data_cache_mb
         self.video_cache_size = video_cache_size
         self._files: OrderedDict[str, dict] = OrderedDict()
         self._video = None
@@ -315,9 +316,12 @@ class LeRobotDataset:
             raise DatasetFormatError(f"{path} has no episode_index column")
         episode_col = columns["episode_index"].reshape(-1)
         ids, first, counts = np.unique(episode_col, return_index=True, return_counts=True)
-        entry = {"columns": columns, "rows": {int(i): (int(f), int(c)) for i, f, c in zip(ids, first, counts)}}
+        entry = {"columns": columns, "rows": {int(i): (int(f), int(c)) for i, f, c in zip(ids, first, counts)},
+                 "bytes": sum(getattr(v, "nbytes", 0) for v in columns.values())}
         self._files[key] = entry
-        while len(self._files) > self.data_cache_size:
+        # Held by size, not count: random samples over a dataset of many files would otherwise
+        # read a file from disk for nearly every sample (state and action columns are small).
+        while len(self._files) > 1 and sum(e["bytes"] for e in self._files.values()) > self.data_cache_mb * 2**20:
             self._files.popitem(last=False)
         return entry
 

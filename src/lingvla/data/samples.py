@@ -118,12 +118,12 @@ class RobotDataset(torch.utils.data.Dataset):
     def __init__(self, root, embodiment=None, *, spec: SampleSpec | None = None, norm_stats=None,
                  registry=None, on_bad_sample: str = "raise", episode_frames=None, episodes=None,
                  exclude_episodes=None, preload_images: bool = False, max_consecutive_skips: int = 64,
-                 video_cache_size: int = 12, data_cache_size: int = 4):
+                 video_cache_size: int = 12, data_cache_mb: float = 512):
         spec = SampleSpec() if spec is None else spec
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}; got {on_bad_sample!r}")
         self.source = root if isinstance(root, LeRobotDataset) else \
-            LeRobotDataset(root, data_cache_size=data_cache_size, video_cache_size=video_cache_size)
+            LeRobotDataset(root, data_cache_mb=data_cache_mb, video_cache_size=video_cache_size)
         self.embodiment: Embodiment = resolve_embodiment(embodiment, registry, self.source)
         if not isinstance(root, LeRobotDataset):  # load only the columns samples read
             self.source.columns = list(dict.fromkeys([*self.embodiment.columns(), *self.source.image_keys,
