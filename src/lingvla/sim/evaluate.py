@@ -144,7 +144,7 @@ def paired_successes(a: dict, b: dict) -> dict:
     only_a = sum(a[s] and not b[s] for s in seeds)
     only_b = sum(b[s] and not a[s] for s in seeds)
     return {"pairs": len(seeds), "successes_a": sum(a[s] for s in seeds), "successes_b": sum(b[s] for s in seeds),
-            "only_a": only_a, "only_b": only_b, "p": round(mcnemar_exact(only_a, only_b), 4)}
+            "only_a": only_a, "only_b": only_b, "p": float(f"{mcnemar_exact(only_a, only_b):.3g}")}  # 3 significant digits: 2e-05, not 0.0
 
 
 def load_episode_successes(path: str | Path) -> dict[int, bool]:

@@ -311,7 +311,7 @@ def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -
     seen = slope(y)
     rng = np.random.default_rng(seed)
     extreme = sum(abs(slope(rng.permutation(y))) >= abs(seen) - 1e-12 for _ in range(permutations))
-    return {"runs": len(rows), "slope_per_doubling": round(seen, 4), "p": round((extreme + 1) / (permutations + 1), 4)}
+    return {"runs": len(rows), "slope_per_doubling": round(seen, 4), "p": float(f"{(extreme + 1) / (permutations + 1):.3g}")}
 
 
 def trends(rows: list[dict]) -> list[dict]:
