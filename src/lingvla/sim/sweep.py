@@ -8,7 +8,7 @@ and a plot of success (95% intervals) against the number of demonstrations.
     train_seeds: [0, 1]
     variants:                    # name -> training-config overrides (key=value), all cells get `overrides`
       base: []
-      depth: [model.depth.enabled=true]
+      depth: [model.depth.enabled=true, data.depth_cache=true]
     overrides: []
     steps: 4000
     eval_episodes: 100
@@ -16,6 +16,11 @@ and a plot of success (95% intervals) against the number of demonstrations.
     image_size: 112
     workers: 2
     depth: false                 # also store depth maps (needed by variants with depth on)
+
+A variant with depth distillation reads the teacher's tokens from a cache: after the data is
+generated, run `lingvla depth-cache OUT/data --teacher sim-depth --model-config
+OUT/cells/<a depth cell>/train/train_config.yaml` once (seconds), then the sweep again. Without
+`data.depth_cache=true` the depth maps are read per sample, about 2.7 s per batch of 32 at 112 px.
 
 The demonstrations are generated once, the largest count, from seeds 0, 1, ... (again, all of
 them, when a grown grid needs more: the seeds give the same first episodes); a cell with n
