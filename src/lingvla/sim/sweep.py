@@ -19,7 +19,7 @@ and a plot of success (95% intervals) against the number of demonstrations.
 
 A variant with depth distillation reads the teacher's tokens from a cache: after the data is
 generated, run `lingvla depth-cache OUT/data --teacher sim-depth --model-config
-OUT/cells/<a depth cell>/train/train_config.yaml` once (seconds), then the sweep again. Without
+OUT/cells/<any cell>/train/train_config.yaml` once (seconds), then the sweep again. Without
 `data.depth_cache=true` the depth maps are read per sample, about 2.7 s per batch of 32 at 112 px.
 
 The demonstrations are generated once, the largest count, from seeds 0, 1, ... (again, all of
