@@ -223,7 +223,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     bar = tqdm(total=len(cells), desc="sweep", disable=not progress, dynamic_ncols=True)
 
     def show(current: str | None = None) -> None:
-        bar.n = sum(name in finished_cells(results) for name in names)
+        finished = finished_cells(results)  # read once per refresh, not once per cell
+        bar.n = sum(name in finished for name in names)
         bar.set_postfix(cell=current, refresh=True)
 
     for cell in cells:
@@ -260,8 +261,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     if rows:
         plot_sweep(rows, plot, f"{spec.task}: success against demonstrations ({spec.steps} steps, "
                                f"{spec.eval_episodes} episodes per cell)")
-        write_comparisons(out / "comparisons.csv", compare_cells(out, rows))
-        write_comparisons(out / "trend.csv", trends(rows), TREND_FIELDS)
+        write_csv(out / "comparisons.csv", compare_cells(out, rows), COMPARISON_FIELDS)
+        write_csv(out / "trend.csv", trends(rows), TREND_FIELDS)
     return {"rows": rows, "failed": failed, "running_elsewhere": busy, "csv": str(results),
             "plot": str(plot) if rows else None}
 
@@ -334,12 +335,13 @@ def trends(rows: list[dict]) -> list[dict]:
     return found
 
 
-def write_comparisons(path: Path, comparisons: list[dict], fields: tuple[str, ...] = COMPARISON_FIELDS) -> None:
+def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
+    """Rows to a CSV written whole (a temporary file renamed over it)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(comparisons)
+        writer.writerows(rows)
     tmp.replace(path)
 
 
@@ -348,8 +350,9 @@ def _start_jobs(out: Path, jobs: int, log) -> list[tuple[subprocess.Popen, Path]
     between them unless OMP_NUM_THREADS says otherwise; each logs to out/jobs/job-K.log."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))
+    from lingvla.train.loop import usable_cores
+
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // jobs))
     os.environ["OMP_NUM_THREADS"] = threads  # the trainer then keeps torch's count as set here
     torch.set_num_threads(int(threads))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -43,6 +43,11 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -369,8 +374,7 @@ def build(config: TrainConfig) -> Trainer:
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Oversubscribed cores (compute threads + loader workers + other ranks) make CPU steps
         # several times slower: give compute what the workers and other ranks leave.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // world - config.data.num_workers))
+        torch.set_num_threads(max(1, usable_cores() // world - config.data.num_workers))
     out_dir = Path(config.output_dir)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
