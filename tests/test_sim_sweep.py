@@ -131,6 +131,38 @@ def test_jobs_share_a_grid_and_leave_a_held_cell_to_its_holder(tmp_path):
         assert 0 < float(c["p"]) <= 1
 
 
+def test_a_depth_variant_gets_its_depth_cache_computed_once_and_again_when_it_no_longer_fits(tmp_path):
+    """A variant with depth distillation reading the depth cache trains without a separate
+    `lingvla depth-cache` step: the sweep computes the cache from the generated depth maps, keeps it
+    while it fits, and computes it again for a variant whose model needs other tokens."""
+    from lingvla.data.lerobot import LeRobotDataset
+    from lingvla.sim.sweep import SweepSpec, ensure_depth_caches
+
+    out = tmp_path / "sweep"
+    depth = ["model.depth.enabled=true", "data.depth_cache=true"]
+    grid = {**SPEC, "demonstrations": [2], "variants": {"depth": depth}, "depth": True, "out": str(out)}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(grid))
+    assert main(["sweep", str(spec_path), "--no-progress"]) == 0
+    assert [r["cell"] for r in rows(out / "results.csv")] == ["depth-n2-s0"]
+    meta_path = out / "data" / "depth_cache" / "sim-depth" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["num_frames"] == LeRobotDataset(out / "data").num_frames and meta["image_size"] == 56
+    assert list(meta["cameras"]) == ["observation.images.top"]
+    trained = yaml.safe_load((out / "cells" / "depth-n2-s0" / "train" / "train_config.yaml").read_text())
+    assert trained["data"]["depth_cache"] is True and trained["model"]["depth"]["enabled"] is True
+
+    spec = SweepSpec.load(spec_path)
+    stamp = meta_path.stat().st_mtime_ns
+    assert ensure_depth_caches(spec, out / "data", out, progress=False) == []  # it fits: kept
+    assert meta_path.stat().st_mtime_ns == stamp
+    narrower = SweepSpec(**{**spec.__dict__, "variants": {"depth": [*depth, "model.depth.teacher_dim=8"]}})
+    logged = []
+    made = ensure_depth_caches(narrower, out / "data", out, progress=False, log=lambda *a, **k: logged.append(a[0]))
+    assert made == [meta_path.parent] and json.loads(meta_path.read_text())["teacher_dim"] == 8
+    assert "teacher_dim=32" in logged[0]  # says why it computed it again
+
+
 def test_comparisons_pair_variants_and_sizes_on_shared_seeds(tmp_path):
     """compare_cells on written reports: each variant against the first at the same size, the first
     variant's consecutive sizes, per training seed and pooled; sizes a variant lacks are skipped."""

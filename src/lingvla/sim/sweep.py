@@ -17,10 +17,11 @@ and a plot of success (95% intervals) against the number of demonstrations.
     workers: 2
     depth: false                 # also store depth maps (needed by variants with depth on)
 
-A variant with depth distillation reads the teacher's tokens from a cache: after the data is
-generated, run `lingvla depth-cache OUT/data --teacher sim-depth --model-config
-OUT/cells/<any cell>/train/train_config.yaml` once (seconds), then the sweep again. Without
-`data.depth_cache=true` the depth maps are read per sample, about 2.7 s per batch of 32 at 112 px.
+A variant with depth distillation and `data.depth_cache=true` reads the teacher's tokens from the
+dataset's depth cache, which the sweep computes once after the data (and again when the data is
+regenerated or the cache does not fit the variant's model: image size, tokens, cameras), as
+`lingvla depth-cache` would. Without `data.depth_cache=true` the depth maps are read per sample,
+about 2.7 s per batch of 32 at 112 px.
 
 The demonstrations are generated once, the largest count, from seeds 0, 1, ... (again, all of
 them, when a grown grid needs more: the seeds give the same first episodes); a cell with n
@@ -186,6 +187,35 @@ def run_cell(spec: SweepSpec, cell: dict, data_dir: Path, window_stop, out: Path
             "eval_seeds": f"{spec.eval_seed}-{spec.eval_seed + s['episodes'] - 1}"}
 
 
+def ensure_depth_caches(spec: SweepSpec, data_dir: Path, out: Path, progress: bool = True,
+                        log=print) -> list[Path]:
+    """Compute the depth cache each variant with depth distillation and `data.depth_cache` reads,
+    unless the dataset already holds one that fits it (frames, image size, tokens, cameras); returns
+    the caches computed. Call it holding the data lock."""
+    from lingvla.data.depth import DepthCache, MissingDepthError, write_depth_cache
+    from lingvla.data.lerobot import LeRobotDataset
+    from lingvla.model.depth import make_teacher
+
+    made = []
+    for variant, items in spec.variants.items():
+        config = demo_train_config(data_dir, out / "probe", spec.image_size, [*spec.overrides, *items])
+        depth, data = config.model.depth, config.data
+        if not (depth.enabled and data.depth_cache):
+            continue
+        try:
+            DepthCache(data_dir, data.depth_teacher, num_frames=LeRobotDataset(data_dir).num_frames,
+                       image_size=config.model.image_size, num_latents=depth.num_latents,
+                       teacher_dim=depth.teacher_dim, camera_keys=[f"observation.images.{c}"
+                                                                   for c in demo_cameras(config)])
+            continue  # it fits
+        except MissingDepthError as why:
+            log(f"depth cache for variant {variant}: {why}; computing it", flush=True)
+        teacher = make_teacher(data.depth_teacher, depth, data.depth_teacher_path)
+        made.append(write_depth_cache(data_dir, data.depth_teacher, teacher, image_size=config.model.image_size,
+                                      teacher_path=data.depth_teacher_path, overwrite=True, progress=progress))
+    return made
+
+
 def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) -> dict:
     """Run (or finish) every cell, in `jobs` processes; returns {"rows": [...], "failed": [...],
     "running_elsewhere": [...], "csv", "plot"}. Cells another process holds are left to it."""
@@ -215,6 +245,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
             log(f"demonstrations: {largest} {spec.task} episodes -> {data_dir}", flush=True)
             generate_dataset(data_dir, spec.task, largest, image_size=spec.image_size, cameras=cameras,
                              workers=spec.workers, progress=progress, depth=spec.depth, overwrite=True)
+        ensure_depth_caches(spec, data_dir, out, progress=progress, log=log)
     window_stop = window_stop_from_dataset(data_dir)
     cells = spec.cells()
     names = [c["cell"] for c in cells]
