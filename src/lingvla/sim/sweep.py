@@ -311,6 +311,13 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
     pairs = [((variants[0], n), (v, n)) for v in variants[1:] for n in sizes]
     first = [n for n in sizes if any(k[:2] == (variants[0], n) for k in cells)]
     pairs += [((variants[0], m), (variants[0], n)) for m, n in zip(first, first[1:])]
+    read: dict[str, dict] = {}
+
+    def successes(cell: str) -> dict:  # each cell's report read once, however many pairs it is in
+        if cell not in read:
+            read[cell] = load_episode_successes(out / "cells" / cell / "eval")
+        return read[cell]
+
     found = []
     for a, b in pairs:
         seeds = sorted(s for (v, n, s) in cells if (v, n) == a and (*b, s) in cells)
@@ -319,8 +326,7 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
         name = lambda side: f"{side[0]}-n{side[1]}"  # noqa: E731
         pooled_a, pooled_b = {}, {}
         for seed in seeds:
-            ea = load_episode_successes(out / "cells" / cells[(*a, seed)] / "eval")
-            eb = load_episode_successes(out / "cells" / cells[(*b, seed)] / "eval")
+            ea, eb = successes(cells[(*a, seed)]), successes(cells[(*b, seed)])
             found.append({"a": name(a), "b": name(b), "train_seeds": str(seed), **paired_successes(ea, eb)})
             pooled_a.update({(seed, k): v for k, v in ea.items()})
             pooled_b.update({(seed, k): v for k, v in eb.items()})
