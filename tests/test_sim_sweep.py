@@ -131,20 +131,35 @@ def test_jobs_share_a_grid_and_leave_a_held_cell_to_its_holder(tmp_path):
         assert 0 < float(c["p"]) <= 1
 
 
-def test_a_depth_variant_gets_its_depth_cache_computed_once_and_again_when_it_no_longer_fits(tmp_path):
-    """A variant with depth distillation reading the depth cache trains without a separate
-    `lingvla depth-cache` step: the sweep computes the cache from the generated depth maps, keeps it
-    while it fits, and computes it again for a variant whose model needs other tokens."""
+def test_a_depth_variant_gets_its_depth_maps_and_cache_without_a_separate_step(tmp_path, capsys):
+    """A depth variant added to a grid whose data has no depth maps: without `depth: true` the spec
+    is refused, naming the variant; with it the data is generated again with depth maps (the
+    finished cell stands) and the sweep computes the depth cache the variant reads, keeps it while it
+    fits, and computes it again for a variant whose model needs other tokens."""
     from lingvla.data.lerobot import LeRobotDataset
     from lingvla.sim.sweep import SweepSpec, ensure_depth_caches
 
     out = tmp_path / "sweep"
-    depth = ["model.depth.enabled=true", "data.depth_cache=true"]
-    grid = {**SPEC, "demonstrations": [2], "variants": {"depth": depth}, "depth": True, "out": str(out)}
     spec_path = tmp_path / "spec.yaml"
+    grid = {**SPEC, "demonstrations": [2], "variants": {"base": []}, "out": str(out)}
     spec_path.write_text(yaml.safe_dump(grid))
     assert main(["sweep", str(spec_path), "--no-progress"]) == 0
-    assert [r["cell"] for r in rows(out / "results.csv")] == ["depth-n2-s0"]
+    assert not any(k.startswith("observation.depth.") for k in LeRobotDataset(out / "data").features)
+    first = rows(out / "results.csv")
+
+    depth = ["model.depth.enabled=true", "data.depth_cache=true"]
+    grid["variants"] = {"base": [], "depth": depth}
+    spec_path.write_text(yaml.safe_dump(grid))
+    capsys.readouterr()
+    assert main(["sweep", str(spec_path), "--no-progress"]) == 2
+    refused = capsys.readouterr().out
+    assert "variant 'depth'" in refused and "depth: true" in refused
+    assert rows(out / "results.csv") == first  # nothing run, nothing lost
+    spec_path.write_text(yaml.safe_dump({**grid, "depth": True}))
+    assert main(["sweep", str(spec_path), "--no-progress"]) == 0
+    assert "observation.depth.top" in LeRobotDataset(out / "data").features
+    table = rows(out / "results.csv")
+    assert [r["cell"] for r in table] == ["base-n2-s0", "depth-n2-s0"] and table[0] == first[0]
     meta_path = out / "data" / "depth_cache" / "sim-depth" / "meta.json"
     meta = json.loads(meta_path.read_text())
     assert meta["num_frames"] == LeRobotDataset(out / "data").num_frames and meta["image_size"] == 56

@@ -271,7 +271,11 @@ def _sweep(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", flush=True)
         return 2
-    result = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs)
+    try:
+        result = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs)
+    except ValueError as err:  # the spec as a whole cannot run (a cell's own errors are caught per cell)
+        print(f"error: {err}", flush=True)
+        return 2
     print(json.dumps({"cells": len(result["rows"]), "failed": result["failed"],
                       "running_elsewhere": result["running_elsewhere"], "csv": result["csv"],
                       "plot": result["plot"]}), flush=True)

@@ -15,7 +15,7 @@ and a plot of success (95% intervals) against the number of demonstrations.
     eval_seed: 900000            # one fresh range for every cell, so cells pair episode by episode
     image_size: 112
     workers: 2
-    depth: false                 # also store depth maps (needed by variants with depth on)
+    depth: false                 # also store depth maps (needed by sim-depth variants; data without them is generated again)
 
 A variant with depth distillation and `data.depth_cache=true` reads the teacher's tokens from the
 dataset's depth cache, which the sweep computes once after the data (and again when the data is
@@ -187,6 +187,21 @@ def run_cell(spec: SweepSpec, cell: dict, data_dir: Path, window_stop, out: Path
             "eval_seeds": f"{spec.eval_seed}-{spec.eval_seed + s['episodes'] - 1}"}
 
 
+def depth_variants(spec: SweepSpec, data_dir: Path, out: Path) -> dict:
+    """{variant: its training config} for the variants with depth distillation on. A variant whose
+    teacher reads the simulator's depth maps needs `depth: true` (ValueError naming it otherwise)."""
+    found = {}
+    for variant, items in spec.variants.items():
+        config = demo_train_config(data_dir, out / "probe", spec.image_size, [*spec.overrides, *items])
+        if not config.model.depth.enabled:
+            continue
+        if config.data.depth_teacher == "sim-depth" and not spec.depth:
+            raise ValueError(f"variant {variant!r} distills depth from the simulator's depth maps "
+                             "(sim-depth), which the sweep stores only with `depth: true` in its spec")
+        found[variant] = config
+    return found
+
+
 def ensure_depth_caches(spec: SweepSpec, data_dir: Path, out: Path, progress: bool = True,
                         log=print) -> list[Path]:
     """Compute the depth cache each variant with depth distillation and `data.depth_cache` reads,
@@ -197,10 +212,9 @@ def ensure_depth_caches(spec: SweepSpec, data_dir: Path, out: Path, progress: bo
     from lingvla.model.depth import make_teacher
 
     made = []
-    for variant, items in spec.variants.items():
-        config = demo_train_config(data_dir, out / "probe", spec.image_size, [*spec.overrides, *items])
+    for variant, config in depth_variants(spec, data_dir, out).items():
         depth, data = config.model.depth, config.data
-        if not (depth.enabled and data.depth_cache):
+        if not data.depth_cache:
             continue
         try:
             DepthCache(data_dir, data.depth_teacher, num_frames=LeRobotDataset(data_dir).num_frames,
@@ -235,8 +249,17 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     results, failures = out / "results.csv", out / "failures.jsonl"
     data_dir = out / "data"
     largest = max(spec.demonstrations)
+    depth_variants(spec, data_dir, out)  # a spec that cannot train its depth variants fails here
     with file_lock(out / ".data.lock"):  # one job generates, the others wait for it
-        have = LeRobotDataset(data_dir).num_episodes if (data_dir / "meta" / "info.json").is_file() else 0
+        have, has_depth = 0, False
+        if (data_dir / "meta" / "info.json").is_file():
+            held = LeRobotDataset(data_dir)
+            have = held.num_episodes
+            has_depth = any(key.startswith("observation.depth.") for key in held.features)
+        if spec.depth and have and not has_depth:
+            log(f"demonstrations: {data_dir} holds no depth maps and the spec asks for them: generating "
+                "them again with depth (the same seeds, the same episodes)", flush=True)
+            have = 0
         if have < largest:
             cameras = demo_cameras(demo_train_config(data_dir, out / "probe", spec.image_size, spec.overrides))
             if have:  # a grown grid: the same seeds give the same first episodes, so finished cells stand
