@@ -15,7 +15,8 @@ and a plot of success (95% intervals) against the number of demonstrations.
     eval_seed: 900000            # one fresh range for every cell, so cells pair episode by episode
     image_size: 112
     workers: 2
-    depth: false                 # also store depth maps (needed by sim-depth variants; data without them is generated again)
+    depth: true                  # also store depth maps (default false; needed by sim-depth variants,
+                                 # data without them is generated again)
 
 A variant with depth distillation and `data.depth_cache=true` reads the teacher's tokens from the
 dataset's depth cache, which the sweep computes once after the data (and again when the data is
