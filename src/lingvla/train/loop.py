@@ -397,6 +397,11 @@ def build(config: TrainConfig) -> Trainer:
 
             teacher = make_teacher(config.data.depth_teacher, model_config.depth,
                                    config.data.depth_teacher_path).to(device)
+            if dist_info.is_main:
+                print(f"note: depth targets run the {config.data.depth_teacher} teacher on every batch (reading "
+                      "depth maps or images per sample); `lingvla depth-cache DATASET --teacher "
+                      f"{config.data.depth_teacher} --model-config TRAIN_CONFIG` once and data.depth_cache=true "
+                      "read them precomputed, which is much faster (docs/data.md)", flush=True)
 
     model = build_model(model_config)
     tokenizer = model.prompt_tokenizer.tokenizer
