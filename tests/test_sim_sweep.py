@@ -227,3 +227,23 @@ def test_success_trend_counts_runs_and_tells_a_slope_from_seed_noise():
         (10, "10 20 40 80 160", 10), (20, "20 40 80 160", 8), (40, "40 80 160", 6)]
     with pytest.raises(ValueError, match="two sizes"):
         success_trend(rows[:2])
+
+
+def test_plot_sets_variants_apart(tmp_path):
+    """Variants at one size do not hide each other: side by side on the log axis around each size,
+    or along the x axis when the grid has one size."""
+    from lingvla.sim.sweep import plot_sweep
+
+    def row(variant, n, seed, k):
+        return {"variant": variant, "demonstrations": str(n), "train_seed": str(seed), "successes": str(k),
+                "episodes": "100", "success_rate": str(k / 100)}
+
+    one = [row(v, 50, s, 40 + 10 * i + s) for i, v in enumerate(("base", "a", "b")) for s in (0, 1)]
+    placed = plot_sweep(one, tmp_path / "one.png", "one size")
+    assert placed == {"base": [0.0], "a": [1.0], "b": [2.0]}
+    grid = [row(v, n, 0, 50) for v in ("base", "a") for n in (10, 100)]
+    placed = plot_sweep(grid, tmp_path / "grid.png", "two sizes")
+    for k, n in enumerate((10, 100)):
+        left, right = placed["base"][k], placed["a"][k]
+        assert left < n < right and right / left < 1.2
+    assert (tmp_path / "one.png").stat().st_size > 1000 and (tmp_path / "grid.png").stat().st_size > 1000

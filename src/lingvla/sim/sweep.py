@@ -314,7 +314,8 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     rows = [done[n] for n in names if n in done]
     plot = out / "sweep.png"
     if rows:
-        plot_sweep(rows, plot, f"{spec.task}: success against demonstrations ({spec.steps} steps, "
+        against = "by variant" if len({r["demonstrations"] for r in rows}) == 1 else "against demonstrations"
+        plot_sweep(rows, plot, f"{spec.task}: success {against} ({spec.steps} steps, "
                                f"{spec.eval_episodes} episodes per cell)")
         write_csv(out / "comparisons.csv", compare_cells(out, rows), COMPARISON_FIELDS)
         write_csv(out / "trend.csv", trends(rows), TREND_FIELDS)
@@ -440,7 +441,10 @@ def pooled(rows: list[dict]) -> dict[tuple[str, int], tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
+def plot_sweep(rows: list[dict], path: Path, title: str) -> dict[str, list[float]]:
+    """Success (pooled over training seeds, 95% interval) with each run as a faint dot, against the
+    number of demonstrations; variants side by side at each size. A grid of one size has the variants
+    along the x axis instead. Returns the x position of each variant's points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -450,7 +454,16 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     totals = pooled(rows)
-    for i, variant in enumerate(dict.fromkeys(r["variant"] for r in rows)):
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    one_size = len({int(r["demonstrations"]) for r in rows}) == 1
+
+    def where(i: int, n: int) -> float:
+        if one_size:
+            return float(i)
+        return n * 1.06 ** (i - (len(variants) - 1) / 2)  # side by side on the log axis
+
+    placed = {}
+    for i, variant in enumerate(variants):
         ns = sorted(n for v, n in totals if v == variant)
         rates, lows, highs = [], [], []
         for n in ns:
@@ -460,18 +473,26 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
             lows.append(k / m - lo)
             highs.append(hi - k / m)
         color = f"C{i}"
-        ax.errorbar(ns, rates, yerr=[lows, highs], color=color, marker="o", capsize=3,
-                    label=f"{variant} (pooled over seeds, 95% interval)")
-        seeds = [r for r in rows if r["variant"] == variant]
-        ax.scatter([int(r["demonstrations"]) for r in seeds], [float(r["success_rate"]) for r in seeds],
-                   color=color, alpha=0.35, s=14)
-    ax.set_xscale("log")
-    ax.set_xlabel("demonstrations")
+        placed[variant] = [where(i, n) for n in ns]
+        ax.errorbar(placed[variant], rates, yerr=[lows, highs], color=color, marker="o", capsize=3,
+                    linestyle="none" if one_size else "-", label=f"{variant} (pooled over seeds, 95% interval)")
+        runs = [r for r in rows if r["variant"] == variant]
+        ax.scatter([where(i, int(r["demonstrations"])) for r in runs], [float(r["success_rate"]) for r in runs],
+                   color=color, alpha=0.45, s=18)
+    if one_size:
+        ax.set_xticks(range(len(variants)), variants)
+        ax.set_xlim(-0.5, len(variants) - 0.5)
+        ax.set_xlabel(f"variant, {int(rows[0]['demonstrations'])} demonstrations (pooled over training seeds with "
+                      "95% interval; faint dots: one run each)", fontsize=8)
+    else:
+        ax.legend(fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("demonstrations (faint dots: one training run each)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return placed
