@@ -181,7 +181,7 @@ def test_a_depth_variant_gets_its_depth_maps_and_cache_without_a_separate_step(t
 def test_comparisons_pair_variants_and_sizes_on_shared_seeds(tmp_path):
     """compare_cells on written reports: each variant against the first at the same size, the first
     variant's consecutive sizes, per training seed and pooled; sizes a variant lacks are skipped."""
-    from lingvla.sim.sweep import compare_cells
+    from lingvla.sim.sweep import compare_cells, runs_permutation_p
 
     rng = __import__("random").Random(0)
     outcome, table = {}, []
@@ -204,6 +204,32 @@ def test_comparisons_pair_variants_and_sizes_on_shared_seeds(tmp_path):
     b = [*outcome["depth-n50-s0"].values(), *outcome["depth-n50-s1"].values()]
     assert pooled["pairs"] == 40 and pooled["successes_a"] == sum(a) and pooled["successes_b"] == sum(b)
     assert pooled["only_a"] == sum(x and not y for x, y in zip(a, b))
+    assert all("runs_p" not in c for c in found if " " not in c["train_seeds"])  # per seed: one run a side
+    rates = lambda cell: sum(outcome[cell].values()) / 20  # noqa: E731
+    assert pooled["runs_p"] == runs_permutation_p([rates("base-n50-s0"), rates("base-n50-s1")],
+                                                  [rates("depth-n50-s0"), rates("depth-n50-s1")])
+
+
+def test_runs_permutation_p_is_exact_and_bounded_by_the_number_of_runs():
+    """Exact over all splits: 2 runs a side cannot go below 1/3 however far apart, 3 a side reach
+    1/10, 5 a side 2/252; equal groups give 1; the test is symmetric."""
+    from lingvla.sim.sweep import runs_permutation_p
+
+    assert runs_permutation_p([0.9, 0.95], [0.1, 0.2]) == 0.333
+    assert runs_permutation_p([0.9, 0.95, 0.92], [0.1, 0.2, 0.15]) == 0.1
+    assert runs_permutation_p([0.9] * 5, [0.1] * 5) == float(f"{2 / 252:.3g}")
+    assert runs_permutation_p([0.5, 0.6], [0.5, 0.6]) == 1.0
+    a, b = [0.7, 0.79, 0.75], [0.72, 0.41, 0.6]
+    assert runs_permutation_p(a, b) == runs_permutation_p(b, a)
+    # by hand: splits of {0.7, 0.79, 0.75, 0.72, 0.41, 0.6} into 3 + 3 at least as far apart as a, b
+    import itertools
+    values, seen = a + b, abs(sum(a) - sum(b)) / 3
+    splits = list(itertools.combinations(range(6), 3))
+    far = sum(abs(sum(values[i] for i in g) - sum(values[i] for i in range(6) if i not in g)) / 3 >= seen - 1e-12
+              for g in splits)
+    assert runs_permutation_p(a, b) == float(f"{far / len(splits):.3g}")
+    with pytest.raises(ValueError):
+        runs_permutation_p([], [0.5])
 
 
 def test_success_trend_counts_runs_and_tells_a_slope_from_seed_noise():

@@ -62,7 +62,8 @@ import yaml
 from .demo import DEMO_RECIPE, DEMO_TASK, demo_cameras, demo_train_config, window_stop_from_dataset
 
 TREND_FIELDS = ("variant", "from_demonstrations", "sizes", "runs", "slope_per_doubling", "p")
-COMPARISON_FIELDS = ("a", "b", "train_seeds", "pairs", "successes_a", "successes_b", "only_a", "only_b", "p")
+COMPARISON_FIELDS = ("a", "b", "train_seeds", "pairs", "successes_a", "successes_b", "only_a", "only_b", "p",
+                     "runs_p")
 CSV_FIELDS = ("cell", "variant", "demonstrations", "train_seed", "steps", "successes", "episodes",
               "success_rate", "ci_low", "ci_high", "progress", "final_loss", "train_min", "eval_seeds")
 
@@ -356,9 +357,34 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
             pooled_a.update({(seed, k): v for k, v in ea.items()})
             pooled_b.update({(seed, k): v for k, v in eb.items()})
         if len(seeds) > 1:
+            rate = lambda side, seed: sum(successes(cells[(*side, seed)]).values()) / len(successes(cells[(*side, seed)]))  # noqa: E731
             found.append({"a": name(a), "b": name(b), "train_seeds": " ".join(map(str, seeds)),
-                          **paired_successes(pooled_a, pooled_b)})
+                          **paired_successes(pooled_a, pooled_b),
+                          "runs_p": runs_permutation_p([rate(a, s) for s in seeds], [rate(b, s) for s in seeds])})
     return found
+
+
+def runs_permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided exact permutation p-value for a difference in mean success between two sets of
+    training runs (each run one number): the share of all ways to split the runs into groups of
+    these sizes whose means differ at least as much. With 2 runs a side it cannot go below 1/3, with
+    3 below 1/10: the runs, not the episodes, bound what a comparison can show."""
+    import itertools
+
+    import numpy as np
+
+    values = np.array([*a, *b], dtype=float)
+    if not len(a) or not len(b):
+        raise ValueError("a permutation test needs runs on both sides")
+    seen = abs(np.mean(a) - np.mean(b))
+    total = values.sum()
+    splits = extreme = 0
+    for group in itertools.combinations(range(len(values)), len(a)):
+        first = values[list(group)].sum()
+        diff = abs(first / len(a) - (total - first) / len(b))
+        extreme += diff >= seen - 1e-12
+        splits += 1
+    return float(f"{extreme / splits:.3g}")
 
 
 def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -> dict:
