@@ -513,6 +513,9 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> dict[str, list[float
     else:
         ax.legend(fontsize=8)
         ax.set_xscale("log")
+        sizes = sorted({int(r["demonstrations"]) for r in rows})
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # the grid's sizes, not powers of ten
+        ax.minorticks_off()
         ax.set_xlabel("demonstrations (faint dots: one training run each)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
