@@ -328,7 +328,8 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
     """Paired comparisons of finished cells, episode by episode on their shared evaluation seeds
     (exact McNemar): each variant against the first one at the same number of demonstrations, and
     the first variant's consecutive numbers of demonstrations; for each training seed and pooled
-    over the seeds both sides have (a pair is a training seed's policy on one evaluation seed)."""
+    over the seeds both sides have (a pair is a training seed's policy on one evaluation seed). A
+    pooled row also has `runs_p`: the runs' success rates compared by an exact permutation test."""
     from .evaluate import load_episode_successes, paired_successes
 
     cells = {(r["variant"], int(r["demonstrations"]), int(r["train_seed"])): r["cell"] for r in rows}
@@ -344,6 +345,10 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
             read[cell] = load_episode_successes(out / "cells" / cell / "eval")
         return read[cell]
 
+    def rate(side: tuple[str, int], seed: int) -> float:
+        episodes = successes(cells[(*side, seed)])
+        return sum(episodes.values()) / len(episodes)
+
     found = []
     for a, b in pairs:
         seeds = sorted(s for (v, n, s) in cells if (v, n) == a and (*b, s) in cells)
@@ -357,7 +362,6 @@ def compare_cells(out: Path, rows: list[dict]) -> list[dict]:
             pooled_a.update({(seed, k): v for k, v in ea.items()})
             pooled_b.update({(seed, k): v for k, v in eb.items()})
         if len(seeds) > 1:
-            rate = lambda side, seed: sum(successes(cells[(*side, seed)]).values()) / len(successes(cells[(*side, seed)]))  # noqa: E731
             found.append({"a": name(a), "b": name(b), "train_seeds": " ".join(map(str, seeds)),
                           **paired_successes(pooled_a, pooled_b),
                           "runs_p": runs_permutation_p([rate(a, s) for s in seeds], [rate(b, s) for s in seeds])})
