@@ -194,7 +194,10 @@ def depth_variants(spec: SweepSpec, data_dir: Path, out: Path) -> dict:
     teacher reads the simulator's depth maps needs `depth: true` (ValueError naming it otherwise)."""
     found = {}
     for variant, items in spec.variants.items():
-        config = demo_train_config(data_dir, out / "probe", spec.image_size, [*spec.overrides, *items])
+        try:
+            config = demo_train_config(data_dir, out / "probe", spec.image_size, [*spec.overrides, *items])
+        except (ValueError, TypeError, KeyError):
+            continue  # a variant that cannot be configured fails in its own cells, logged with them
         if not config.model.depth.enabled:
             continue
         if config.data.depth_teacher == "sim-depth" and not spec.depth:
