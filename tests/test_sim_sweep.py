@@ -137,7 +137,7 @@ def test_a_depth_variant_gets_its_depth_maps_and_cache_without_a_separate_step(t
     finished cell stands) and the sweep computes the depth cache the variant reads, keeps it while it
     fits, and computes it again for a variant whose model needs other tokens."""
     from lingvla.data.lerobot import LeRobotDataset
-    from lingvla.sim.sweep import SweepSpec, ensure_depth_caches
+    from lingvla.sim.sweep import SweepSpec, depth_variants, ensure_depth_caches
 
     out = tmp_path / "sweep"
     spec_path = tmp_path / "spec.yaml"
@@ -169,11 +169,13 @@ def test_a_depth_variant_gets_its_depth_maps_and_cache_without_a_separate_step(t
 
     spec = SweepSpec.load(spec_path)
     stamp = meta_path.stat().st_mtime_ns
-    assert ensure_depth_caches(spec, out / "data", out, progress=False) == []  # it fits: kept
+    kept = ensure_depth_caches(depth_variants(spec, out / "data", out), out / "data", progress=False)
+    assert kept == []  # it fits: kept
     assert meta_path.stat().st_mtime_ns == stamp
     narrower = SweepSpec(**{**spec.__dict__, "variants": {"depth": [*depth, "model.depth.teacher_dim=8"]}})
     logged = []
-    made = ensure_depth_caches(narrower, out / "data", out, progress=False, log=lambda *a, **k: logged.append(a[0]))
+    made = ensure_depth_caches(depth_variants(narrower, out / "data", out), out / "data", progress=False,
+                               log=lambda *a, **k: logged.append(a[0]))
     assert made == [meta_path.parent] and json.loads(meta_path.read_text())["teacher_dim"] == 8
     assert "teacher_dim=32" in logged[0]  # says why it computed it again
 

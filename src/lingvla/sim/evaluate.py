@@ -135,6 +135,11 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
+def round_p(p: float) -> float:
+    """A p-value to 3 significant digits: 2e-05, not 0.0."""
+    return float(f"{p:.3g}")
+
+
 def paired_successes(a: dict, b: dict) -> dict:
     """Two evaluations of the same seeds (seed, or any episode key -> success), episode by episode: the counts of each
     outcome on the seeds both ran and the exact McNemar p-value. Refuses evaluations with no common seed."""
@@ -144,7 +149,7 @@ def paired_successes(a: dict, b: dict) -> dict:
     only_a = sum(a[s] and not b[s] for s in seeds)
     only_b = sum(b[s] and not a[s] for s in seeds)
     return {"pairs": len(seeds), "successes_a": sum(a[s] for s in seeds), "successes_b": sum(b[s] for s in seeds),
-            "only_a": only_a, "only_b": only_b, "p": float(f"{mcnemar_exact(only_a, only_b):.3g}")}  # 3 significant digits: 2e-05, not 0.0
+            "only_a": only_a, "only_b": only_b, "p": round_p(mcnemar_exact(only_a, only_b))}
 
 
 def load_episode_successes(path: str | Path) -> dict[int, bool]:

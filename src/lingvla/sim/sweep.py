@@ -207,9 +207,8 @@ def depth_variants(spec: SweepSpec, data_dir: Path, out: Path) -> dict:
     return found
 
 
-def ensure_depth_caches(spec: SweepSpec, data_dir: Path, out: Path, progress: bool = True,
-                        log=print) -> list[Path]:
-    """Compute the depth cache each variant with depth distillation and `data.depth_cache` reads,
+def ensure_depth_caches(variants: dict, data_dir: Path, progress: bool = True, log=print) -> list[Path]:
+    """Compute the depth cache each of `variants` (depth_variants) reads with `data.depth_cache`,
     unless the dataset already holds one that fits it (frames, image size, tokens, cameras); returns
     the caches computed. Call it holding the data lock."""
     from lingvla.data.depth import DepthCache, MissingDepthError, write_depth_cache
@@ -217,12 +216,14 @@ def ensure_depth_caches(spec: SweepSpec, data_dir: Path, out: Path, progress: bo
     from lingvla.model.depth import make_teacher
 
     made = []
-    for variant, config in depth_variants(spec, data_dir, out).items():
+    frames = None
+    for variant, config in variants.items():
         depth, data = config.model.depth, config.data
         if not data.depth_cache:
             continue
+        frames = frames if frames is not None else LeRobotDataset(data_dir).num_frames
         try:
-            DepthCache(data_dir, data.depth_teacher, num_frames=LeRobotDataset(data_dir).num_frames,
+            DepthCache(data_dir, data.depth_teacher, num_frames=frames,
                        image_size=config.model.image_size, num_latents=depth.num_latents,
                        teacher_dim=depth.teacher_dim, camera_keys=[f"observation.images.{c}"
                                                                    for c in demo_cameras(config)])
@@ -240,6 +241,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     "running_elsewhere": [...], "csv", "plot"}. Cells another process holds are left to it."""
     from tqdm import tqdm
 
+    from lingvla.data.depth import DEPTH_PREFIX
     from lingvla.data.lerobot import LeRobotDataset
 
     from .demonstrations import generate_dataset
@@ -254,13 +256,13 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
     results, failures = out / "results.csv", out / "failures.jsonl"
     data_dir = out / "data"
     largest = max(spec.demonstrations)
-    depth_variants(spec, data_dir, out)  # a spec that cannot train its depth variants fails here
+    depths = depth_variants(spec, data_dir, out)  # a spec that cannot train its depth variants fails here
     with file_lock(out / ".data.lock"):  # one job generates, the others wait for it
         have, has_depth = 0, False
         if (data_dir / "meta" / "info.json").is_file():
             held = LeRobotDataset(data_dir)
             have = held.num_episodes
-            has_depth = any(key.startswith("observation.depth.") for key in held.features)
+            has_depth = any(key.startswith(DEPTH_PREFIX) for key in held.features)
         if spec.depth and have and not has_depth:
             log(f"demonstrations: {data_dir} holds no depth maps and the spec asks for them: generating "
                 "them again with depth (the same seeds, the same episodes)", flush=True)
@@ -273,7 +275,7 @@ def run_sweep(spec: SweepSpec, progress: bool = True, log=print, jobs: int = 1) 
             log(f"demonstrations: {largest} {spec.task} episodes -> {data_dir}", flush=True)
             generate_dataset(data_dir, spec.task, largest, image_size=spec.image_size, cameras=cameras,
                              workers=spec.workers, progress=progress, depth=spec.depth, overwrite=True)
-        ensure_depth_caches(spec, data_dir, out, progress=progress, log=log)
+        ensure_depth_caches(depths, data_dir, progress=progress, log=log)
     window_stop = window_stop_from_dataset(data_dir)
     cells = spec.cells()
     names = [c["cell"] for c in cells]
@@ -380,6 +382,8 @@ def runs_permutation_p(a: list[float], b: list[float]) -> float:
 
     import numpy as np
 
+    from .evaluate import round_p
+
     values = np.array([*a, *b], dtype=float)
     if not len(a) or not len(b):
         raise ValueError("a permutation test needs runs on both sides")
@@ -391,7 +395,7 @@ def runs_permutation_p(a: list[float], b: list[float]) -> float:
         diff = abs(first / len(a) - (total - first) / len(b))
         extreme += diff >= seen - 1e-12
         splits += 1
-    return float(f"{extreme / splits:.3g}")
+    return round_p(extreme / splits)
 
 
 def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -> dict:
@@ -399,6 +403,8 @@ def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -
     point per cell: a run, not an episode, is the unit, so the spread between training seeds counts),
     in success rate per doubling, and its two-sided permutation p-value (sizes shuffled across runs)."""
     import numpy as np
+
+    from .evaluate import round_p
 
     x = np.log2([float(r["demonstrations"]) for r in rows])
     y = np.array([float(r["success_rate"]) for r in rows])
@@ -412,7 +418,7 @@ def success_trend(rows: list[dict], permutations: int = 20_000, seed: int = 0) -
     seen = slope(y)
     rng = np.random.default_rng(seed)
     extreme = sum(abs(slope(rng.permutation(y))) >= abs(seen) - 1e-12 for _ in range(permutations))
-    return {"runs": len(rows), "slope_per_doubling": round(seen, 4), "p": float(f"{(extreme + 1) / (permutations + 1):.3g}")}
+    return {"runs": len(rows), "slope_per_doubling": round(seen, 4), "p": round_p((extreme + 1) / (permutations + 1))}
 
 
 def trends(rows: list[dict]) -> list[dict]:
